@@ -1,0 +1,1064 @@
+//! SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL implements it.
+//!
+//! Only the plain `SCRAM-SHA-256` mechanism is supported; we never offer
+//! `SCRAM-SHA-256-PLUS`, so a client asking for channel binding (`p=`) is
+//! refused.
+//!
+//! Password normalisation: Postgres runs SASLprep (RFC 4013) on the password
+//! and falls back to the raw bytes when SASLprep fails. For ASCII passwords
+//! SASLprep is the identity, which is what we implement. Non-ASCII passwords
+//! are used as raw UTF-8 bytes, which matches Postgres whenever SASLprep
+//! leaves them unchanged or rejects them (e.g. prohibited characters); a
+//! non-ASCII password that SASLprep would *rewrite* (NFKC, non-ASCII spaces)
+//! produces a different verifier than Postgres would.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use rand::rngs::OsRng;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// SASL mechanism name to advertise in `AuthenticationSASL`.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// Postgres' default (`scram_iterations`).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
+/// Postgres' `SCRAM_DEFAULT_SALT_LEN`.
+pub const DEFAULT_SALT_LEN: usize = 16;
+/// Postgres' `SCRAM_RAW_NONCE_LEN`; base64 of 18 bytes is 24 chars, no padding.
+const RAW_NONCE_LEN: usize = 18;
+const KEY_LEN: usize = 32;
+
+type Key = [u8; KEY_LEN];
+type HmacSha256 = Hmac<Sha256>;
+
+/// base64("n,,") and base64("y,,"): the `c=` value a client without channel
+/// binding must echo back.
+const CBIND_N: &[u8] = b"biws";
+const CBIND_Y: &[u8] = b"eSws";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    #[error("invalid SCRAM verifier: {0}")]
+    InvalidVerifier(&'static str),
+    #[error("unsupported SCRAM feature: {0}")]
+    Unsupported(&'static str),
+    #[error("SCRAM channel-binding attribute does not match the gs2 header")]
+    ChannelBindingMismatch,
+    #[error("SCRAM nonce mismatch")]
+    NonceMismatch,
+    /// The client proof did not verify: wrong password.
+    #[error("SCRAM client proof is invalid (wrong password)")]
+    InvalidProof,
+    /// The server's `v=` did not verify: it does not know our password.
+    #[error("SCRAM server signature is invalid")]
+    InvalidServerSignature,
+    /// The server ended the exchange with `e=<text>`.
+    #[error("server rejected SCRAM authentication: {0}")]
+    Server(String),
+    #[error("SCRAM exchange step called out of order")]
+    OutOfOrder,
+    #[error("random number generator failed: {0}")]
+    Rng(String),
+}
+
+// ---------------------------------------------------------------------------
+// Primitives
+
+fn hmac_sha256(key: &Key, parts: &[&[u8]]) -> Key {
+    // HMAC zero-pads keys shorter than the 64-byte block, so padding ourselves
+    // gives the same MAC through the infallible fixed-size constructor (all
+    // our keys are 32 bytes).
+    let mut block = [0u8; 64];
+    block[..KEY_LEN].copy_from_slice(key);
+    let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+fn sha256(data: &[u8]) -> Key {
+    Sha256::digest(data).into()
+}
+
+/// See the module docs: identity for ASCII, raw UTF-8 otherwise.
+fn normalize_password(password: &str) -> &[u8] {
+    password.as_bytes()
+}
+
+fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Key {
+    let mut out = [0u8; KEY_LEN];
+    pbkdf2::pbkdf2_hmac::<Sha256>(normalize_password(password), salt, iterations, &mut out);
+    out
+}
+
+fn client_key_from_salted(salted: &Key) -> Key {
+    hmac_sha256(salted, &[b"Client Key"])
+}
+
+fn server_key_from_salted(salted: &Key) -> Key {
+    hmac_sha256(salted, &[b"Server Key"])
+}
+
+fn xor(a: &Key, b: &Key) -> Key {
+    let mut out = [0u8; KEY_LEN];
+    for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = x ^ y;
+    }
+    out
+}
+
+fn random_bytes(buf: &mut [u8]) -> Result<(), ScramError> {
+    // try_fill_bytes: OsRng::fill_bytes would panic on failure.
+    OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| ScramError::Rng(e.to_string()))
+}
+
+fn random_nonce() -> Result<String, ScramError> {
+    let mut raw = [0u8; RAW_NONCE_LEN];
+    random_bytes(&mut raw)?;
+    Ok(B64.encode(raw))
+}
+
+fn decode_key(b64: &str, what: &'static str) -> Result<Key, ScramError> {
+    let v = B64
+        .decode(b64)
+        .map_err(|_| ScramError::InvalidVerifier(what))?;
+    Key::try_from(v.as_slice()).map_err(|_| ScramError::InvalidVerifier(what))
+}
+
+/// RFC 5802 `printable`: %x21-2B / %x2D-7E (visible ASCII except ',').
+fn is_printable(s: &[u8]) -> bool {
+    s.iter().all(|&b| (0x21..=0x7e).contains(&b) && b != b',')
+}
+
+/// Value of `<name>=<value>`, or `None` if the attribute is missing/different.
+fn attr(part: Option<&[u8]>, name: u8) -> Option<&[u8]> {
+    match part? {
+        [n, b'=', value @ ..] if *n == name => Some(value),
+        _ => None,
+    }
+}
+
+fn split_comma(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut it = s.splitn(2, |&b| b == b',');
+    Some((it.next()?, it.next()?))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        v.extend_from_slice(p);
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------
+// Verifier
+
+/// A SCRAM-SHA-256 secret as stored in `pg_authid.rolpassword`:
+/// `SCRAM-SHA-256$<iterations>:<salt b64>$<StoredKey b64>:<ServerKey b64>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    iterations: u32,
+    salt: Vec<u8>,
+    stored_key: Key,
+    server_key: Key,
+}
+
+impl ScramVerifier {
+    /// Parse the `rolpassword` format.
+    pub fn parse(s: &str) -> Result<Self, ScramError> {
+        let mut parts = s.split('$');
+        if parts.next() != Some(SCRAM_SHA_256) {
+            return Err(ScramError::InvalidVerifier("missing SCRAM-SHA-256 prefix"));
+        }
+        let (iter_str, salt_b64) = parts
+            .next()
+            .and_then(|p| p.split_once(':'))
+            .ok_or(ScramError::InvalidVerifier("expected <iterations>:<salt>"))?;
+        let (stored_b64, server_b64) =
+            parts
+                .next()
+                .and_then(|p| p.split_once(':'))
+                .ok_or(ScramError::InvalidVerifier(
+                    "expected <StoredKey>:<ServerKey>",
+                ))?;
+        if parts.next().is_some() {
+            return Err(ScramError::InvalidVerifier("trailing data"));
+        }
+        let iterations = match iter_str.parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(ScramError::InvalidVerifier("invalid iteration count")),
+        };
+        let salt = B64
+            .decode(salt_b64)
+            .map_err(|_| ScramError::InvalidVerifier("invalid salt"))?;
+        Ok(ScramVerifier {
+            iterations,
+            salt,
+            stored_key: decode_key(stored_b64, "invalid StoredKey")?,
+            server_key: decode_key(server_b64, "invalid ServerKey")?,
+        })
+    }
+
+    /// Derive the verifier Postgres would store for `password` with this salt
+    /// and iteration count. Runs PBKDF2 (`iterations` HMACs): CPU-bound.
+    pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Result<Self, ScramError> {
+        // Postgres and libpq both refuse a zero iteration count.
+        if iterations == 0 {
+            return Err(ScramError::InvalidVerifier("invalid iteration count"));
+        }
+        let salted = salted_password(password, salt, iterations);
+        Ok(ScramVerifier {
+            iterations,
+            salt: salt.to_vec(),
+            stored_key: sha256(&client_key_from_salted(&salted)),
+            server_key: server_key_from_salted(&salted),
+        })
+    }
+
+    /// New verifier with a random 16-byte salt and 4096 iterations (Postgres'
+    /// defaults).
+    pub fn generate(password: &str) -> Result<Self, ScramError> {
+        let mut salt = [0u8; DEFAULT_SALT_LEN];
+        random_bytes(&mut salt)?;
+        Self::from_password(password, &salt, DEFAULT_ITERATIONS)
+    }
+
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    pub fn salt(&self) -> &[u8] {
+        &self.salt
+    }
+
+    pub fn stored_key(&self) -> &[u8; 32] {
+        &self.stored_key
+    }
+
+    pub fn server_key(&self) -> &[u8; 32] {
+        &self.server_key
+    }
+}
+
+impl FromStr for ScramVerifier {
+    type Err = ScramError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Renders the `rolpassword` format (inverse of [`ScramVerifier::parse`]).
+impl fmt::Display for ScramVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}${}:{}${}:{}",
+            SCRAM_SHA_256,
+            self.iterations,
+            B64.encode(&self.salt),
+            B64.encode(self.stored_key),
+            B64.encode(self.server_key)
+        )
+    }
+}
+
+// The keys are password-equivalent for impersonating the server (ServerKey)
+// or, with a sniffed exchange, the client; keep them out of logs.
+impl fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .field("salt", &B64.encode(&self.salt))
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server side
+
+enum ServerState {
+    Initial,
+    FirstSent {
+        client_first_bare: Vec<u8>,
+        server_first: Vec<u8>,
+        /// Full nonce: client nonce + server suffix.
+        nonce: Vec<u8>,
+        /// Expected `c=` value for the gs2 header the client used.
+        cbind: &'static [u8],
+    },
+    Success {
+        client_key: Key,
+    },
+    Failed,
+}
+
+/// Server side of one SCRAM-SHA-256 exchange: authenticate a client against a
+/// stored [`ScramVerifier`].
+///
+/// Usage: send `AuthenticationSASL` listing [`SCRAM_SHA_256`]; feed the
+/// `SASLInitialResponse` data to [`client_first`](Self::client_first) and send
+/// the result as `AuthenticationSASLContinue`; feed the `SASLResponse` data to
+/// [`client_final`](Self::client_final) and send the result as
+/// `AuthenticationSASLFinal`, then `AuthenticationOk`. Any error is final: the
+/// exchange cannot be resumed.
+pub struct ScramServer {
+    verifier: ScramVerifier,
+    state: ServerState,
+}
+
+impl ScramServer {
+    pub fn new(verifier: ScramVerifier) -> Self {
+        ScramServer {
+            verifier,
+            state: ServerState::Initial,
+        }
+    }
+
+    pub fn verifier(&self) -> &ScramVerifier {
+        &self.verifier
+    }
+
+    /// Process client-first-message, return server-first-message.
+    pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        let suffix = match random_nonce() {
+            Ok(s) => s,
+            Err(e) => {
+                self.state = ServerState::Failed;
+                return Err(e);
+            }
+        };
+        self.client_first_with_suffix(msg, suffix.as_bytes())
+    }
+
+    /// `client_first` with a given server nonce suffix (tests reproduce the
+    /// RFC 7677 vector through this).
+    fn client_first_with_suffix(
+        &mut self,
+        msg: &[u8],
+        suffix: &[u8],
+    ) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, ServerState::Initial) {
+            return Err(ScramError::OutOfOrder);
+        }
+        // Any failure from here on leaves the exchange Failed.
+        self.state = ServerState::Failed;
+
+        // gs2-header = gs2-cbind-flag "," [ authzid ] ","
+        let (flag, rest) = split_comma(msg).ok_or(ScramError::Malformed("missing gs2 header"))?;
+        let cbind = match flag {
+            b"n" => CBIND_N,
+            // Client supports channel binding but thinks we don't: true, we
+            // never advertise -PLUS, so this is not a downgrade.
+            b"y" => CBIND_Y,
+            f if f.starts_with(b"p=") => {
+                return Err(ScramError::Unsupported(
+                    "channel binding (SCRAM-SHA-256-PLUS) not offered",
+                ))
+            }
+            _ => return Err(ScramError::Malformed("invalid gs2 channel-binding flag")),
+        };
+        let (authzid, bare) =
+            split_comma(rest).ok_or(ScramError::Malformed("missing gs2 header"))?;
+        if !authzid.is_empty() {
+            // Postgres rejects authzid too: the role comes from the startup packet.
+            return Err(if authzid.starts_with(b"a=") {
+                ScramError::Unsupported("authorization identity")
+            } else {
+                ScramError::Malformed("invalid gs2 header")
+            });
+        }
+
+        let mut attrs = bare.split(|&b| b == b',');
+        let user = attrs.next();
+        if attr(user, b'm').is_some() {
+            return Err(ScramError::Unsupported("mandatory SCRAM extension"));
+        }
+        // The username is ignored (libpq sends `n=`; the role is in the
+        // startup packet), so no saslname validation.
+        if attr(user, b'n').is_none() {
+            return Err(ScramError::Malformed("expected username attribute"));
+        }
+        let client_nonce =
+            attr(attrs.next(), b'r').ok_or(ScramError::Malformed("expected nonce attribute"))?;
+        if client_nonce.is_empty() || !is_printable(client_nonce) {
+            return Err(ScramError::Malformed("invalid client nonce"));
+        }
+        // Remaining attributes are optional extensions; ignored, as Postgres does.
+
+        let nonce = concat(&[client_nonce, suffix]);
+        let salt_b64 = B64.encode(&self.verifier.salt);
+        let iterations = self.verifier.iterations.to_string();
+        let server_first = concat(&[
+            b"r=",
+            &nonce,
+            b",s=",
+            salt_b64.as_bytes(),
+            b",i=",
+            iterations.as_bytes(),
+        ]);
+        self.state = ServerState::FirstSent {
+            client_first_bare: bare.to_vec(),
+            server_first: server_first.clone(),
+            nonce,
+            cbind,
+        };
+        Ok(server_first)
+    }
+
+    /// Process client-final-message, return server-final-message (`v=...`).
+    /// A wrong password yields [`ScramError::InvalidProof`].
+    pub fn client_final(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        // Take the state by value; any failure below leaves it Failed.
+        let state = std::mem::replace(&mut self.state, ServerState::Failed);
+        let ServerState::FirstSent {
+            client_first_bare,
+            server_first,
+            nonce,
+            cbind,
+        } = state
+        else {
+            // A misplaced call must not clobber a finished exchange.
+            self.state = state;
+            return Err(ScramError::OutOfOrder);
+        };
+
+        // client-final-message = without-proof "," "p=" proof. Attribute
+        // values cannot contain ',', so the first ",p=" starts the proof;
+        // optional extensions may precede it.
+        let p = find(msg, b",p=").ok_or(ScramError::Malformed("missing proof"))?;
+        let (without_proof, proof_b64) = match (msg.get(..p), msg.get(p + 3..)) {
+            (Some(w), Some(pr)) => (w, pr),
+            _ => return Err(ScramError::Malformed("missing proof")),
+        };
+        if proof_b64.contains(&b',') {
+            return Err(ScramError::Malformed("garbage after proof"));
+        }
+
+        let mut attrs = without_proof.split(|&b| b == b',');
+        let c = attr(attrs.next(), b'c')
+            .ok_or(ScramError::Malformed("expected channel-binding attribute"))?;
+        if c != cbind {
+            return Err(ScramError::ChannelBindingMismatch);
+        }
+        let r =
+            attr(attrs.next(), b'r').ok_or(ScramError::Malformed("expected nonce attribute"))?;
+        if r != nonce.as_slice() {
+            return Err(ScramError::NonceMismatch);
+        }
+
+        let proof = B64
+            .decode(proof_b64)
+            .map_err(|_| ScramError::Malformed("invalid base64 in proof"))?;
+        let proof = Key::try_from(proof.as_slice())
+            .map_err(|_| ScramError::Malformed("proof has wrong length"))?;
+
+        let auth_message = concat(&[&client_first_bare, b",", &server_first, b",", without_proof]);
+        let client_signature = hmac_sha256(&self.verifier.stored_key, &[&auth_message]);
+        let client_key = xor(&proof, &client_signature);
+        // Constant-time: don't leak how much of StoredKey a forged proof hit.
+        if !bool::from(sha256(&client_key).ct_eq(&self.verifier.stored_key)) {
+            return Err(ScramError::InvalidProof);
+        }
+
+        let server_signature = hmac_sha256(&self.verifier.server_key, &[&auth_message]);
+        self.state = ServerState::Success { client_key };
+        Ok(concat(&[b"v=", B64.encode(server_signature).as_bytes()]))
+    }
+
+    /// The client's ClientKey, recovered from its proof, once the exchange has
+    /// succeeded. Together with the verifier's ServerKey it can authenticate
+    /// to another server holding the same verifier (same salt/iterations).
+    pub fn client_key(&self) -> Option<[u8; 32]> {
+        match self.state {
+            ServerState::Success { client_key } => Some(client_key),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for ScramServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            ServerState::Initial => "Initial",
+            ServerState::FirstSent { .. } => "FirstSent",
+            ServerState::Success { .. } => "Success",
+            ServerState::Failed => "Failed",
+        };
+        f.debug_struct("ScramServer")
+            .field("verifier", &self.verifier)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client side
+
+enum ClientState {
+    Initial,
+    FinalSent { server_signature: Key },
+    Failed,
+}
+
+/// Client side of SCRAM-SHA-256, for logging in to an upstream Postgres with a
+/// known password. Always uses gs2 header `n,,` (no channel binding).
+///
+/// Usage: send [`client_first`](Self::client_first) in `SASLInitialResponse`
+/// (mechanism [`SCRAM_SHA_256`]); pass the `AuthenticationSASLContinue` data to
+/// [`server_first`](Self::server_first) and send the result as `SASLResponse`;
+/// pass the `AuthenticationSASLFinal` data to
+/// [`server_final`](Self::server_final). `server_first` runs PBKDF2 with the
+/// server's iteration count: CPU-bound.
+pub struct ScramClient {
+    password: String,
+    /// Empty in practice, as libpq sends; settable only for the RFC test vector.
+    username: String,
+    nonce: String,
+    state: ClientState,
+}
+
+impl ScramClient {
+    pub fn new(password: &str) -> Result<Self, ScramError> {
+        Ok(Self::with_nonce("", password, random_nonce()?))
+    }
+
+    fn with_nonce(username: &str, password: &str, nonce: String) -> Self {
+        ScramClient {
+            password: password.to_owned(),
+            username: username.to_owned(),
+            nonce,
+            state: ClientState::Initial,
+        }
+    }
+
+    fn client_first_bare(&self) -> Vec<u8> {
+        concat(&[
+            b"n=",
+            self.username.as_bytes(),
+            b",r=",
+            self.nonce.as_bytes(),
+        ])
+    }
+
+    /// client-first-message: `n,,n=,r=<nonce>`.
+    pub fn client_first(&self) -> Vec<u8> {
+        concat(&[b"n,,", &self.client_first_bare()])
+    }
+
+    /// Process server-first-message, return client-final-message (with proof).
+    pub fn server_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        if !matches!(self.state, ClientState::Initial) {
+            return Err(ScramError::OutOfOrder);
+        }
+        // Any failure from here on leaves the exchange Failed.
+        self.state = ClientState::Failed;
+
+        let mut attrs = msg.split(|&b| b == b',');
+        let first = attrs.next();
+        if attr(first, b'm').is_some() {
+            return Err(ScramError::Unsupported("mandatory SCRAM extension"));
+        }
+        if let Some(e) = attr(first, b'e') {
+            return Err(ScramError::Server(String::from_utf8_lossy(e).into_owned()));
+        }
+        let nonce = attr(first, b'r').ok_or(ScramError::Malformed("expected nonce attribute"))?;
+        // The server must extend our nonce, not replace or merely echo it.
+        if nonce.len() <= self.nonce.len() || !nonce.starts_with(self.nonce.as_bytes()) {
+            return Err(ScramError::NonceMismatch);
+        }
+        if !is_printable(nonce) {
+            return Err(ScramError::Malformed("invalid server nonce"));
+        }
+        let salt_b64 =
+            attr(attrs.next(), b's').ok_or(ScramError::Malformed("expected salt attribute"))?;
+        let salt = B64
+            .decode(salt_b64)
+            .map_err(|_| ScramError::Malformed("invalid base64 in salt"))?;
+        let iter_str =
+            attr(attrs.next(), b'i').ok_or(ScramError::Malformed("expected iteration count"))?;
+        let iterations = match std::str::from_utf8(iter_str)
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+        {
+            Some(n) if n > 0 => n,
+            _ => return Err(ScramError::Malformed("invalid iteration count")),
+        };
+        // Remaining attributes are optional extensions (RFC 5802); ignored.
+
+        let salted = salted_password(&self.password, &salt, iterations);
+        let client_key = client_key_from_salted(&salted);
+        let stored_key = sha256(&client_key);
+        let server_key = server_key_from_salted(&salted);
+
+        let without_proof = concat(&[b"c=", CBIND_N, b",r=", nonce]);
+        let auth_message = concat(&[&self.client_first_bare(), b",", msg, b",", &without_proof]);
+        let client_signature = hmac_sha256(&stored_key, &[&auth_message]);
+        let proof = xor(&client_key, &client_signature);
+        let server_signature = hmac_sha256(&server_key, &[&auth_message]);
+
+        self.state = ClientState::FinalSent { server_signature };
+        Ok(concat(&[
+            &without_proof,
+            b",p=",
+            B64.encode(proof).as_bytes(),
+        ]))
+    }
+
+    /// Verify server-final-message. `e=<text>` becomes [`ScramError::Server`];
+    /// a wrong signature [`ScramError::InvalidServerSignature`].
+    pub fn server_final(&self, msg: &[u8]) -> Result<(), ScramError> {
+        let ClientState::FinalSent { server_signature } = &self.state else {
+            return Err(ScramError::OutOfOrder);
+        };
+        let first = msg.split(|&b| b == b',').next();
+        if let Some(e) = attr(first, b'e') {
+            return Err(ScramError::Server(String::from_utf8_lossy(e).into_owned()));
+        }
+        let v = attr(first, b'v').ok_or(ScramError::Malformed("expected verifier attribute"))?;
+        let sig = B64
+            .decode(v)
+            .map_err(|_| ScramError::Malformed("invalid base64 in server signature"))?;
+        // Extensions after `v=` are allowed by RFC 5802 and ignored.
+        if bool::from(sig.as_slice().ct_eq(server_signature.as_slice())) {
+            Ok(())
+        } else {
+            Err(ScramError::InvalidServerSignature)
+        }
+    }
+}
+
+impl fmt::Debug for ScramClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            ClientState::Initial => "Initial",
+            ClientState::FinalSent { .. } => "FinalSent",
+            ClientState::Failed => "Failed",
+        };
+        f.debug_struct("ScramClient")
+            .field("password", &"<redacted>")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 7677 section 3 test vector.
+    const RFC_SALT_B64: &str = "W22ZaJ0SNY7soEsUEjb6gQ==";
+    const RFC_CLIENT_NONCE: &str = "rOprNGfwEbeRWgbNEkqO";
+    const RFC_SERVER_SUFFIX: &str = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+    const RFC_CLIENT_FIRST: &str = "n,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    const RFC_SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    const RFC_CLIENT_FINAL: &str = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                                    p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+    const RFC_SERVER_FINAL: &str = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+
+    // Computed independently with Python hashlib for "pencil" / RFC salt / 4096:
+    //   sp = hashlib.pbkdf2_hmac("sha256", b"pencil", salt, 4096)
+    //   StoredKey = sha256(hmac(sp, b"Client Key")), ServerKey = hmac(sp, b"Server Key")
+    const PENCIL_STORED_KEY: &str = "WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=";
+    const PENCIL_SERVER_KEY: &str = "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=";
+    const PENCIL_CLIENT_KEY: &str = "pg/JI9Z+hkSpLRa5btpe9GVrDHJcSEN0viVTVXaZbos=";
+
+    fn pencil_verifier_str() -> String {
+        format!("SCRAM-SHA-256$4096:{RFC_SALT_B64}${PENCIL_STORED_KEY}:{PENCIL_SERVER_KEY}")
+    }
+
+    fn rfc_salt() -> Vec<u8> {
+        B64.decode(RFC_SALT_B64).unwrap()
+    }
+
+    /// Run a full exchange; returns the server (for client_key) or the error.
+    fn exchange(client_pw: &str, verifier: &ScramVerifier) -> Result<ScramServer, ScramError> {
+        let mut client = ScramClient::new(client_pw)?;
+        let mut server = ScramServer::new(verifier.clone());
+        let first = client.client_first();
+        assert!(first.starts_with(b"n,,n=,r="));
+        let server_first = server.client_first(&first)?;
+        let client_final = client.server_first(&server_first)?;
+        let server_final = server.client_final(&client_final)?;
+        client.server_final(&server_final)?;
+        Ok(server)
+    }
+
+    #[test]
+    fn verifier_known_answer() {
+        let v = ScramVerifier::from_password("pencil", &rfc_salt(), 4096).unwrap();
+        assert_eq!(B64.encode(v.stored_key()), PENCIL_STORED_KEY);
+        assert_eq!(B64.encode(v.server_key()), PENCIL_SERVER_KEY);
+        assert_eq!(v.to_string(), pencil_verifier_str());
+    }
+
+    #[test]
+    fn verifier_parse_round_trip() {
+        let s = pencil_verifier_str();
+        let parsed: ScramVerifier = s.parse().unwrap();
+        assert_eq!(parsed.iterations(), 4096);
+        assert_eq!(parsed.salt(), rfc_salt().as_slice());
+        assert_eq!(
+            parsed,
+            ScramVerifier::from_password("pencil", &rfc_salt(), 4096).unwrap()
+        );
+        assert_eq!(parsed.to_string(), s);
+
+        let g = ScramVerifier::generate("hunter2").unwrap();
+        assert_eq!(g.iterations(), DEFAULT_ITERATIONS);
+        assert_eq!(g.salt().len(), DEFAULT_SALT_LEN);
+        assert_eq!(ScramVerifier::parse(&g.to_string()).unwrap(), g);
+        assert_eq!(
+            g,
+            ScramVerifier::from_password("hunter2", g.salt(), 4096).unwrap()
+        );
+        // Random salts differ.
+        assert_ne!(g.salt(), ScramVerifier::generate("hunter2").unwrap().salt());
+    }
+
+    #[test]
+    fn verifier_parse_rejects_garbage() {
+        let good = pencil_verifier_str();
+        let bad = [
+            String::new(),
+            "md553f48b7c4b76a86ce72276c5755f217d".to_owned(),
+            good.replacen("SCRAM-SHA-256", "SCRAM-SHA-1", 1),
+            good.replacen("4096", "0", 1),
+            good.replacen("4096", "-1", 1),
+            good.replacen("4096", "x", 1),
+            good.replacen(':', ";", 1),
+            good.replacen(PENCIL_STORED_KEY, "AAAA", 1), // wrong key length
+            good.replacen(PENCIL_SERVER_KEY, "!!!", 1),  // not base64
+            good.replacen(RFC_SALT_B64, "W22ZaJ0SNY7soEsUEjb6g", 1),
+            format!("{good}$extra"),
+        ];
+        for s in bad {
+            assert!(
+                matches!(
+                    ScramVerifier::parse(&s),
+                    Err(ScramError::InvalidVerifier(_))
+                ),
+                "accepted {s:?}"
+            );
+        }
+        assert!(ScramVerifier::from_password("x", b"salt", 0).is_err());
+    }
+
+    #[test]
+    fn debug_redacts_keys() {
+        let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
+        let d = format!("{v:?} {:?}", ScramServer::new(v.clone()));
+        assert!(
+            !d.contains(PENCIL_STORED_KEY) && !d.contains(PENCIL_SERVER_KEY),
+            "{d}"
+        );
+        let c = ScramClient::new("pencil").unwrap();
+        assert!(!format!("{c:?}").contains("pencil"));
+    }
+
+    #[test]
+    fn rfc7677_server_side() {
+        let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
+        let mut server = ScramServer::new(v);
+        let sf = server
+            .client_first_with_suffix(RFC_CLIENT_FIRST.as_bytes(), RFC_SERVER_SUFFIX.as_bytes())
+            .unwrap();
+        assert_eq!(sf, RFC_SERVER_FIRST.as_bytes());
+        let fin = server.client_final(RFC_CLIENT_FINAL.as_bytes()).unwrap();
+        assert_eq!(fin, RFC_SERVER_FINAL.as_bytes());
+        assert_eq!(B64.encode(server.client_key().unwrap()), PENCIL_CLIENT_KEY);
+    }
+
+    #[test]
+    fn rfc7677_client_side() {
+        let mut client = ScramClient::with_nonce("user", "pencil", RFC_CLIENT_NONCE.to_owned());
+        assert_eq!(client.client_first(), RFC_CLIENT_FIRST.as_bytes());
+        let cf = client.server_first(RFC_SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(cf, RFC_CLIENT_FINAL.as_bytes());
+        client.server_final(RFC_SERVER_FINAL.as_bytes()).unwrap();
+        // A different signature must be refused.
+        let forged = "v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+        assert_eq!(
+            client.server_final(forged.as_bytes()),
+            Err(ScramError::InvalidServerSignature)
+        );
+    }
+
+    #[test]
+    fn full_exchange_right_password() {
+        let v = ScramVerifier::generate("correct horse").unwrap();
+        let server = exchange("correct horse", &v).unwrap();
+        // ClientKey recovered by the server is the one derived from the password.
+        let salted = salted_password("correct horse", v.salt(), v.iterations());
+        assert_eq!(server.client_key(), Some(client_key_from_salted(&salted)));
+        assert_eq!(sha256(&server.client_key().unwrap()), *v.stored_key());
+    }
+
+    #[test]
+    fn full_exchange_wrong_password() {
+        let v = ScramVerifier::generate("correct horse").unwrap();
+        assert_eq!(
+            exchange("battery staple", &v).unwrap_err(),
+            ScramError::InvalidProof
+        );
+        assert_eq!(exchange("", &v).unwrap_err(), ScramError::InvalidProof);
+    }
+
+    #[test]
+    fn non_ascii_password_is_raw_utf8() {
+        let v = ScramVerifier::generate("pässwörd").unwrap();
+        exchange("pässwörd", &v).unwrap();
+        assert_eq!(
+            exchange("passwort", &v).unwrap_err(),
+            ScramError::InvalidProof
+        );
+    }
+
+    #[test]
+    fn server_failure_is_final() {
+        let v = ScramVerifier::generate("pw").unwrap();
+        let mut server = ScramServer::new(v.clone());
+        let mut client = ScramClient::new("nope").unwrap();
+        let sf = server.client_first(&client.client_first()).unwrap();
+        let cf = client.server_first(&sf).unwrap();
+        assert_eq!(server.client_final(&cf), Err(ScramError::InvalidProof));
+        assert_eq!(server.client_key(), None);
+        assert_eq!(server.client_final(&cf), Err(ScramError::OutOfOrder));
+        assert_eq!(
+            server.client_first(b"n,,n=,r=abc"),
+            Err(ScramError::OutOfOrder)
+        );
+
+        let mut fresh = ScramServer::new(v.clone());
+        assert_eq!(
+            fresh.client_final(b"c=biws,r=x,p=AAAA"),
+            Err(ScramError::OutOfOrder)
+        );
+
+        // Out-of-order calls after success keep the recovered ClientKey.
+        let mut ok = exchange("pw", &v).unwrap();
+        let key = ok.client_key();
+        assert!(key.is_some());
+        assert_eq!(ok.client_first(b"n,,n=,r=abc"), Err(ScramError::OutOfOrder));
+        assert_eq!(
+            ok.client_final(b"c=biws,r=x,p=AAAA"),
+            Err(ScramError::OutOfOrder)
+        );
+        assert_eq!(ok.client_key(), key);
+    }
+
+    #[test]
+    fn server_gs2_header_handling() {
+        let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
+        let first = |msg: &str| ScramServer::new(v.clone()).client_first(msg.as_bytes());
+
+        assert!(first("n,,n=,r=abc").is_ok());
+        assert!(first("y,,n=,r=abc").is_ok());
+        assert!(first("n,,n=someone,r=abc,x=ext").is_ok());
+        assert!(matches!(
+            first("p=tls-server-end-point,,n=,r=abc"),
+            Err(ScramError::Unsupported(_))
+        ));
+        assert!(matches!(
+            first("n,a=bob,n=,r=abc"),
+            Err(ScramError::Unsupported(_))
+        ));
+        assert!(matches!(
+            first("n,,m=ext,n=,r=abc"),
+            Err(ScramError::Unsupported(_))
+        ));
+        for bad in [
+            "",
+            "n",
+            "n,",
+            "x,,n=,r=abc",
+            "n,bob,n=,r=abc",
+            "n,,r=abc",
+            "n,,n=",
+            "n,,n=,r=",
+            "n,,n=,x=abc",
+        ] {
+            assert!(
+                matches!(first(bad), Err(ScramError::Malformed(_))),
+                "accepted {bad:?}"
+            );
+        }
+        // Non-printable nonce.
+        assert!(matches!(
+            first("n,,n=,r=a\x01b"),
+            Err(ScramError::Malformed(_))
+        ));
+
+        // Server nonce = client nonce + 24 base64 chars (18 random bytes).
+        let sf = first("n,,n=,r=abc").unwrap();
+        let sf = std::str::from_utf8(&sf).unwrap();
+        let nonce = sf.strip_prefix("r=").unwrap().split(',').next().unwrap();
+        assert!(nonce.starts_with("abc"));
+        assert_eq!(B64.decode(&nonce[3..]).unwrap().len(), RAW_NONCE_LEN);
+        assert!(sf.ends_with(&format!(",s={RFC_SALT_B64},i=4096")));
+    }
+
+    /// Drive the server to FirstSent with the RFC messages, then feed `final_msg`.
+    fn rfc_final(gs2: &str, final_msg: &str) -> Result<Vec<u8>, ScramError> {
+        let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
+        let mut server = ScramServer::new(v);
+        let first = format!("{gs2}n=user,r={RFC_CLIENT_NONCE}");
+        server.client_first_with_suffix(first.as_bytes(), RFC_SERVER_SUFFIX.as_bytes())?;
+        server.client_final(final_msg.as_bytes())
+    }
+
+    #[test]
+    fn server_client_final_checks() {
+        let nonce = format!("{RFC_CLIENT_NONCE}{RFC_SERVER_SUFFIX}");
+        let proof = "p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        assert!(rfc_final("n,,", RFC_CLIENT_FINAL).is_ok());
+
+        // Channel-binding echo must match the gs2 header used.
+        assert_eq!(
+            rfc_final("y,,", RFC_CLIENT_FINAL),
+            Err(ScramError::ChannelBindingMismatch)
+        );
+        assert_eq!(
+            rfc_final("n,,", &format!("c=eSws,r={nonce},{proof}")),
+            Err(ScramError::ChannelBindingMismatch)
+        );
+        // With y,, the echo is eSws; the proof then differs (AuthMessage
+        // changed), so the RFC proof no longer verifies.
+        assert_eq!(
+            rfc_final("y,,", &format!("c=eSws,r={nonce},{proof}")),
+            Err(ScramError::InvalidProof)
+        );
+
+        assert_eq!(
+            rfc_final("n,,", &format!("c=biws,r={RFC_CLIENT_NONCE},{proof}")),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            rfc_final("n,,", &format!("c=biws,r={nonce}X,{proof}")),
+            Err(ScramError::NonceMismatch)
+        );
+        // Extensions before the proof are part of AuthMessage: proof fails, not parsing.
+        assert_eq!(
+            rfc_final("n,,", &format!("c=biws,r={nonce},x=1,{proof}")),
+            Err(ScramError::InvalidProof)
+        );
+        // Flip one proof bit.
+        assert_eq!(
+            rfc_final(
+                "n,,",
+                &format!("c=biws,r={nonce},p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVU=")
+            ),
+            Err(ScramError::InvalidProof)
+        );
+        for bad in [
+            format!("c=biws,r={nonce}"),
+            format!("r={nonce},{proof}"),
+            format!("c=biws,{proof}"),
+            format!("c=biws,r={nonce},p=!!!!"),
+            format!("c=biws,r={nonce},p=AAAA"),
+            format!("{RFC_CLIENT_FINAL},x=1"),
+        ] {
+            assert!(
+                matches!(rfc_final("n,,", &bad), Err(ScramError::Malformed(_))),
+                "accepted {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_server_first_checks() {
+        let run = |msg: &str| {
+            let mut c = ScramClient::with_nonce("", "pencil", RFC_CLIENT_NONCE.to_owned());
+            c.server_first(msg.as_bytes())
+        };
+        assert!(run(RFC_SERVER_FIRST).is_ok());
+        assert!(run(&format!("{RFC_SERVER_FIRST},x=ext")).is_ok());
+        // Nonce not extended / not ours.
+        assert_eq!(
+            run(&format!("r={RFC_CLIENT_NONCE},s={RFC_SALT_B64},i=4096")),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            run(&format!("r=XXX{RFC_SERVER_SUFFIX},s={RFC_SALT_B64},i=4096")),
+            Err(ScramError::NonceMismatch)
+        );
+        assert!(matches!(
+            run(&format!("m=x,{RFC_SERVER_FIRST}")),
+            Err(ScramError::Unsupported(_))
+        ));
+        assert_eq!(
+            run("e=other-error"),
+            Err(ScramError::Server("other-error".to_owned()))
+        );
+        let n = format!("{RFC_CLIENT_NONCE}{RFC_SERVER_SUFFIX}");
+        for bad in [
+            format!("r={n},s=!!!,i=4096"),
+            format!("r={n},s={RFC_SALT_B64},i=0"),
+            format!("r={n},s={RFC_SALT_B64},i=-5"),
+            format!("r={n},s={RFC_SALT_B64},i=4096x"),
+            format!("r={n},s={RFC_SALT_B64}"),
+            format!("r={n},i=4096"),
+            format!("s={RFC_SALT_B64},i=4096"),
+            format!("r={n}\x7f,s={RFC_SALT_B64},i=4096"),
+        ] {
+            assert!(
+                matches!(run(&bad), Err(ScramError::Malformed(_))),
+                "accepted {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_state_and_server_error() {
+        let mut c = ScramClient::with_nonce("", "pencil", RFC_CLIENT_NONCE.to_owned());
+        assert_eq!(
+            c.server_final(RFC_SERVER_FINAL.as_bytes()),
+            Err(ScramError::OutOfOrder)
+        );
+        c.server_first(RFC_SERVER_FIRST.as_bytes()).unwrap();
+        assert_eq!(
+            c.server_first(RFC_SERVER_FIRST.as_bytes()),
+            Err(ScramError::OutOfOrder)
+        );
+        assert_eq!(
+            c.server_final(b"e=invalid-proof"),
+            Err(ScramError::Server("invalid-proof".to_owned()))
+        );
+        assert!(matches!(
+            c.server_final(b"x=1"),
+            Err(ScramError::Malformed(_))
+        ));
+        assert!(matches!(
+            c.server_final(b"v=!!"),
+            Err(ScramError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn client_nonce_is_random_base64() {
+        let a = ScramClient::new("pw").unwrap().client_first();
+        let b = ScramClient::new("pw").unwrap().client_first();
+        assert_ne!(a, b);
+        let a = std::str::from_utf8(&a).unwrap();
+        let nonce = a.strip_prefix("n,,n=,r=").unwrap();
+        assert_eq!(B64.decode(nonce).unwrap().len(), RAW_NONCE_LEN);
+    }
+}

@@ -1,0 +1,212 @@
+//! Connections from the proxy to a Postgres server on behalf of a client: TCP, optional TLS,
+//! StartupMessage with the client's parameters, and authentication as the server asks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+use crate::auth::{md5_response_from_password, ScramClient};
+use crate::config::{ServerConfig, SslMode};
+use crate::net::Stream;
+use crate::protocol::messages::{self, parse_error_fields, parse_parameter_status, ErrorFields};
+use crate::protocol::startup::{StartupMessage, SSL_REQUEST};
+use crate::protocol::FrameReader;
+
+/// Which of the two servers a connection goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Old,
+    New,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Old => "old",
+            Role::New => "new",
+        }
+    }
+}
+
+/// A server as the data path sees it: its config plus a ready TLS client config.
+pub struct Server {
+    pub role: Role,
+    pub config: ServerConfig,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Server {
+    pub fn new(role: Role, config: ServerConfig) -> anyhow::Result<Self> {
+        let tls = crate::tls::client_config(config.sslmode, config.sslrootcert.as_deref())?;
+        Ok(Self { role, config, tls })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("could not connect to the {role} server at {address}: {reason}")]
+    Unreachable { role: &'static str, address: String, reason: String },
+    /// The server refused: its own ErrorResponse, forwarded to the client as is.
+    #[error("{} server refused the connection: {} ({})", .role, .fields.message, .fields.code)]
+    Refused { role: &'static str, frame: Bytes, fields: ErrorFields },
+    #[error("the {role} server asked for a password for user {user:?} but pgcutover has none configured for that user")]
+    NoPassword { role: &'static str, user: String },
+    #[error("protocol error from the {role} server: {reason}")]
+    Protocol { role: &'static str, reason: String },
+}
+
+/// Where to send a CancelRequest for this connection.
+#[derive(Clone, Debug)]
+pub struct CancelTarget {
+    pub address: String,
+    pub pid: u32,
+    pub secret: Bytes,
+}
+
+pub struct BackendConn {
+    pub role: Role,
+    pub reader: FrameReader<ReadHalf<Stream>>,
+    pub writer: WriteHalf<Stream>,
+    /// ParameterStatus values the server reported during startup.
+    pub params: Vec<(String, String)>,
+    pub cancel: CancelTarget,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens and authenticates a connection; returns after the server's first ReadyForQuery.
+pub async fn connect(server: &Server, startup: &StartupMessage, password: Option<&str>, max_message: usize) -> Result<BackendConn, BackendError> {
+    let role = server.role.as_str();
+    let address = server.config.address();
+    let unreachable = |reason: String| BackendError::Unreachable { role, address: address.clone(), reason };
+    let protocol = |reason: String| BackendError::Protocol { role, reason };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let stream = negotiate_tls(tcp, server).await.map_err(|e| unreachable(e.to_string()))?;
+    let (read, mut writer) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(read, max_message);
+    let io_err = |e: std::io::Error| unreachable(e.to_string());
+    writer.write_all(&startup.encode_for_server(&[])).await.map_err(io_err)?;
+
+    let user = startup.user().to_string();
+    let mut scram: Option<ScramClient> = None;
+    let mut params = Vec::new();
+    let mut cancel = CancelTarget { address: address.clone(), pid: 0, secret: Bytes::new() };
+    loop {
+        let (tag, body) = tokio::time::timeout(CONNECT_TIMEOUT * 2, reader.read_frame())
+            .await
+            .map_err(|_| unreachable("timed out during startup".into()))?
+            .map_err(|e| protocol(e.to_string()))?
+            .ok_or_else(|| unreachable("connection closed during startup".into()))?;
+        match tag {
+            b'R' => {
+                if body.len() < 4 {
+                    return Err(protocol("short authentication message".into()));
+                }
+                let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let need_password = || password.ok_or_else(|| BackendError::NoPassword { role, user: user.clone() });
+                let reply = match code {
+                    messages::AUTH_OK => None,
+                    messages::AUTH_CLEARTEXT => Some(password_message(need_password()?.as_bytes())),
+                    messages::AUTH_MD5 => {
+                        let salt: [u8; 4] = body.get(4..8).and_then(|s| s.try_into().ok()).ok_or_else(|| protocol("short md5 salt".into()))?;
+                        Some(password_message(md5_response_from_password(&user, need_password()?, salt).as_bytes()))
+                    }
+                    messages::AUTH_SASL => {
+                        let offers_scram = body[4..].split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                        if !offers_scram {
+                            return Err(protocol("server offers no SASL mechanism we support".into()));
+                        }
+                        let client = scram.insert(ScramClient::new(need_password()?).map_err(|e| protocol(format!("SCRAM: {e}")))?);
+                        let first = client.client_first();
+                        let mut payload = BytesMut::new();
+                        payload.put_slice(b"SCRAM-SHA-256\0");
+                        payload.put_i32(first.len() as i32);
+                        payload.put_slice(&first);
+                        Some(messages::frame(b'p', &payload))
+                    }
+                    messages::AUTH_SASL_CONTINUE => {
+                        let client = scram.as_mut().ok_or_else(|| protocol("SASL continue without SASL start".into()))?;
+                        let reply = client.server_first(&body[4..]).map_err(|e| protocol(format!("SCRAM: {e}")))?;
+                        Some(messages::frame(b'p', &reply))
+                    }
+                    messages::AUTH_SASL_FINAL => {
+                        let client = scram.as_ref().ok_or_else(|| protocol("SASL final without SASL start".into()))?;
+                        client.server_final(&body[4..]).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
+                        None
+                    }
+                    other => return Err(protocol(format!("unsupported authentication request {other}"))),
+                };
+                if let Some(reply) = reply {
+                    writer.write_all(&reply).await.map_err(io_err)?;
+                }
+            }
+            b'S' => {
+                if let Some(p) = parse_parameter_status(&body) {
+                    params.push(p);
+                }
+            }
+            b'K' => {
+                if body.len() < 8 {
+                    return Err(protocol("short BackendKeyData".into()));
+                }
+                cancel.pid = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                cancel.secret = body.slice(4..);
+            }
+            b'E' => {
+                let fields = parse_error_fields(&body);
+                return Err(BackendError::Refused { role, frame: messages::frame(b'E', &body), fields });
+            }
+            b'N' | b'v' => {}
+            b'Z' => return Ok(BackendConn { role: server.role, reader, writer, params, cancel }),
+            other => return Err(protocol(format!("unexpected message {:?} during startup", other as char))),
+        }
+    }
+}
+
+fn password_message(password: &[u8]) -> Bytes {
+    let mut body = BytesMut::with_capacity(password.len() + 1);
+    body.put_slice(password);
+    body.put_u8(0);
+    messages::frame(b'p', &body)
+}
+
+async fn negotiate_tls(mut tcp: TcpStream, server: &Server) -> std::io::Result<Stream> {
+    let Some(tls) = server.tls.clone() else { return Ok(Stream::Plain(tcp)) };
+    tcp.write_all(&messages::untagged(&SSL_REQUEST.to_be_bytes())).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(server.config.host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+            Ok(Stream::TlsToServer(Box::new(stream)))
+        }
+        b'N' if server.config.sslmode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(std::io::Error::other("server does not support TLS but sslmode requires it")),
+        _ => Err(std::io::Error::other("unexpected answer to SSLRequest")),
+    }
+}
+
+/// Sends a CancelRequest for `target` on a fresh connection (plain TCP, as libpq does).
+pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut payload = BytesMut::with_capacity(8 + target.secret.len());
+    payload.put_u32(crate::protocol::startup::CANCEL_REQUEST);
+    payload.put_u32(target.pid);
+    payload.put_slice(&target.secret);
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target.address))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out"))??;
+    tcp.write_all(&messages::untagged(&payload)).await?;
+    // The server closes the connection when done; wait briefly so the request is not lost.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut sink)).await;
+    Ok(())
+}

@@ -1,0 +1,477 @@
+//! Configuration: a TOML file, overridden by command-line flags. Every validation error names
+//! the key at fault; `main` turns it into exit code 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{AuthMethod, ScramVerifier};
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_string(), message: message.into() }
+}
+
+/// The file as written; every field optional so flags can supply it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_socket: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub auth: Option<String>,
+    pub max_clients: Option<usize>,
+    pub max_message_size: Option<usize>,
+    pub startup_timeout: Option<String>,
+    pub shutdown_timeout: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: Option<bool>,
+    pub old: Option<FileServer>,
+    pub new: Option<FileServer>,
+    #[serde(default)]
+    pub users: Vec<FileUser>,
+    pub admin: Option<FileAdmin>,
+    pub cutover: Option<FileCutover>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub url: Option<String>,
+    pub password_env: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUser {
+    pub name: String,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+    pub scram_verifier: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCutover {
+    pub drain_timeout: Option<String>,
+    pub catchup_timeout: Option<String>,
+    pub max_lag_to_start: Option<u64>,
+    pub idle_in_transaction: Option<String>,
+    pub fence_old: Option<bool>,
+    pub disable_subscription: Option<bool>,
+    pub sequence_margin: Option<i64>,
+    pub unmovable_sessions: Option<String>,
+    #[serde(default)]
+    pub subscriptions: Vec<FileSubscription>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSubscription {
+    pub database: String,
+    pub name: String,
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub admin_socket: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub auth: Option<String>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub max_clients: Option<usize>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disable" => Ok(SslMode::Disable),
+            "prefer" => Ok(SslMode::Prefer),
+            "require" => Ok(SslMode::Require),
+            "verify-full" => Ok(SslMode::VerifyFull),
+            other => Err(format!("unknown sslmode {other:?}; valid: disable, prefer, require, verify-full")),
+        }
+    }
+}
+
+/// One Postgres server: where it is, and the credentials of the proxy's control connection.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub name: &'static str,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // Hand-written so the password can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} server {}:{} (user {}, database {})", self.name, self.host, self.port, self.user, self.database)
+    }
+}
+
+impl ServerConfig {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// tokio-postgres config for control connections to `database`.
+    pub fn control_config(&self, database: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host).port(self.port).user(&self.user).dbname(database).application_name("pgcutover");
+        c.connect_timeout(Duration::from_secs(5));
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        c
+    }
+}
+
+/// A client user. A password (inline or from the environment) lets the proxy log into the
+/// servers as that user too; a bare SCRAM verifier only lets clients log into the proxy.
+#[derive(Clone)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: Option<String>,
+    /// Derived once at load time from the password, or given as stored in `pg_authid`.
+    pub verifier: ScramVerifier,
+}
+
+impl UserConfig {
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleInTransaction {
+    /// Roll back on old; the client's next request gets SQLSTATE 40001 (retryable).
+    Rollback,
+    /// Roll back on old; the client gets FATAL 57P01 and the connection closes.
+    Terminate,
+    /// Give up the cutover instead.
+    Abort,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmovablePolicy {
+    /// Close the session with a FATAL explaining why.
+    Close,
+    /// Abort the cutover.
+    Abort,
+}
+
+#[derive(Clone, Debug)]
+pub struct CutoverConfig {
+    pub drain_timeout: Duration,
+    pub catchup_timeout: Duration,
+    pub max_lag_to_start: u64,
+    pub idle_in_transaction: IdleInTransaction,
+    pub unmovable_sessions: UnmovablePolicy,
+    pub fence_old: bool,
+    pub disable_subscription: bool,
+    pub sequence_margin: i64,
+    pub subscriptions: Vec<FileSubscription>,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(2),
+            catchup_timeout: Duration::from_secs(5),
+            max_lag_to_start: 16 * 1024 * 1024,
+            idle_in_transaction: IdleInTransaction::Rollback,
+            unmovable_sessions: UnmovablePolicy::Close,
+            fence_old: false,
+            disable_subscription: true,
+            sequence_margin: 0,
+            subscriptions: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub admin_socket: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub auth: AuthMethod,
+    pub max_clients: usize,
+    pub max_message_size: usize,
+    pub startup_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub require_tls: bool,
+    pub old: ServerConfig,
+    pub new: Option<ServerConfig>,
+    pub users: Vec<UserConfig>,
+    pub admin_user: String,
+    pub admin_password: Option<String>,
+    pub cutover: CutoverConfig,
+}
+
+impl Config {
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    pub fn load(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| invalid("--config", format!("cannot read {}: {e}", path.display())))?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    let key = e.span().map(|s| key_at(&text, s.start)).unwrap_or_else(|| "file".into());
+                    invalid(&key, e.message().to_string())
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_parts(file, overrides)
+    }
+
+    pub fn from_parts(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
+        let listen = parse_addr("listen", o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:6432".into()))?;
+        let admin_listen = o.admin_listen.clone().or(file.admin_listen).map(|a| parse_addr("admin_listen", a)).transpose()?;
+        let metrics_listen = o.metrics_listen.clone().or(file.metrics_listen).map(|a| parse_addr("metrics_listen", a)).transpose()?;
+        let auth_text = o.auth.clone().or(file.auth).unwrap_or_else(|| "scram-sha-256".into());
+        let auth: AuthMethod = auth_text.parse().map_err(|e: crate::auth::ParseAuthMethodError| invalid("auth", e.to_string()))?;
+        let file_old = file.old.unwrap_or_default();
+        let old_url = o.old.clone().or(file_old.url.clone()).ok_or_else(|| invalid("old.url", "required (or --old)"))?;
+        let old = parse_server("old", &old_url, &file_old)?;
+        let file_new = file.new.unwrap_or_default();
+        let new = match o.new.clone().or(file_new.url.clone()) {
+            Some(url) => Some(parse_server("new", &url, &file_new)?),
+            None => None,
+        };
+        let mut users = Vec::new();
+        for (i, u) in file.users.into_iter().enumerate() {
+            let key = format!("users[{i}]");
+            if u.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty"));
+            }
+            let password = match (u.password, u.password_env, &u.scram_verifier) {
+                (Some(p), None, None) => Some(p),
+                (None, Some(var), None) => Some(
+                    std::env::var(&var).map_err(|_| invalid(&format!("{key}.password_env"), format!("environment variable {var} is not set")))?,
+                ),
+                (None, None, Some(_)) => None,
+                _ => return Err(invalid(&key, "give exactly one of password, password_env, scram_verifier")),
+            };
+            let verifier = match (&password, u.scram_verifier) {
+                (Some(p), _) => ScramVerifier::generate(p).map_err(|e| invalid(&format!("{key}.password"), e.to_string()))?,
+                (None, Some(v)) => ScramVerifier::parse(&v).map_err(|e| invalid(&format!("{key}.scram_verifier"), e.to_string()))?,
+                (None, None) => return Err(invalid(&key, "no credential")),
+            };
+            users.push(UserConfig { name: u.name, password, verifier });
+        }
+        if auth != AuthMethod::Trust && users.is_empty() {
+            return Err(invalid("users", format!("auth = {auth_text} needs at least one [[users]] entry (or use --auth trust for local use)")));
+        }
+        if auth == AuthMethod::Md5 && users.iter().any(|u| u.password().is_none()) {
+            return Err(invalid("users", "auth = md5 needs a password (not a SCRAM verifier) for every user"));
+        }
+        let admin = file.admin.unwrap_or_default();
+        let admin_password = match (admin.password, admin.password_env) {
+            (Some(p), None) => Some(p),
+            (None, Some(var)) => Some(std::env::var(&var).map_err(|_| invalid("admin.password_env", format!("environment variable {var} is not set")))?),
+            (None, None) => None,
+            _ => return Err(invalid("admin", "give password or password_env, not both")),
+        };
+        let tls_cert = o.tls_cert.clone().or(file.tls_cert);
+        let tls_key = o.tls_key.clone().or(file.tls_key);
+        if tls_cert.is_some() != tls_key.is_some() {
+            return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
+        }
+        let require_tls = file.require_tls.unwrap_or(false);
+        if require_tls && tls_cert.is_none() {
+            return Err(invalid("require_tls", "needs tls_cert and tls_key"));
+        }
+        let max_clients = o.max_clients.or(file.max_clients).unwrap_or(10_000);
+        if max_clients == 0 {
+            return Err(invalid("max_clients", "must be at least 1"));
+        }
+        let max_message_size = file.max_message_size.unwrap_or(1 << 30);
+        if max_message_size < 1024 {
+            return Err(invalid("max_message_size", "must be at least 1024 bytes"));
+        }
+        let c = file.cutover.unwrap_or_default();
+        let defaults = CutoverConfig::default();
+        let cutover = CutoverConfig {
+            drain_timeout: opt_duration("cutover.drain_timeout", c.drain_timeout)?.unwrap_or(defaults.drain_timeout),
+            catchup_timeout: opt_duration("cutover.catchup_timeout", c.catchup_timeout)?.unwrap_or(defaults.catchup_timeout),
+            max_lag_to_start: c.max_lag_to_start.unwrap_or(defaults.max_lag_to_start),
+            idle_in_transaction: match c.idle_in_transaction.as_deref() {
+                None | Some("rollback") => IdleInTransaction::Rollback,
+                Some("terminate") => IdleInTransaction::Terminate,
+                Some("abort") => IdleInTransaction::Abort,
+                Some(other) => return Err(invalid("cutover.idle_in_transaction", format!("{other:?}; valid: rollback, terminate, abort"))),
+            },
+            unmovable_sessions: match c.unmovable_sessions.as_deref() {
+                None | Some("close") => UnmovablePolicy::Close,
+                Some("abort") => UnmovablePolicy::Abort,
+                Some(other) => return Err(invalid("cutover.unmovable_sessions", format!("{other:?}; valid: close, abort"))),
+            },
+            fence_old: c.fence_old.unwrap_or(false),
+            disable_subscription: c.disable_subscription.unwrap_or(true),
+            sequence_margin: c.sequence_margin.unwrap_or(0),
+            subscriptions: c.subscriptions,
+        };
+        Ok(Config {
+            listen,
+            admin_listen,
+            admin_socket: o.admin_socket.clone().or(file.admin_socket),
+            metrics_listen,
+            auth,
+            max_clients,
+            max_message_size,
+            startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(15)),
+            shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),
+            tls_cert,
+            tls_key,
+            require_tls,
+            old,
+            new,
+            users,
+            admin_user: admin.user.unwrap_or_else(|| "admin".into()),
+            admin_password,
+            cutover,
+        })
+    }
+}
+
+/// Best-effort name of the key at byte `offset` of a TOML text, for error messages.
+fn key_at(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].rsplit('\n').next().unwrap_or("");
+    let full_line = text[offset.min(text.len()) - line.len()..].lines().next().unwrap_or("");
+    full_line.split('=').next().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).unwrap_or_else(|| "file".into())
+}
+
+fn parse_addr(key: &str, text: String) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| invalid(key, format!("{text:?} is not an address like 127.0.0.1:6432")))
+}
+
+fn opt_duration(key: &str, text: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    text.map(|t| parse_duration(&t).ok_or_else(|| invalid(key, format!("{t:?} is not a duration like 500ms, 2s or 1m")))).transpose()
+}
+
+/// `250ms`, `2s`, `1.5s`, `1m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn parse_server(name: &'static str, text: &str, file: &FileServer) -> Result<ServerConfig, ConfigError> {
+    let key = format!("{name}.url");
+    let url = url::Url::parse(text).map_err(|e| invalid(&key, format!("not a postgres:// URL ({e})")))?;
+    if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+        return Err(invalid(&key, "scheme must be postgres://"));
+    }
+    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid(&key, "needs a host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let user = decode(url.username());
+    if user.is_empty() {
+        return Err(invalid(&key, "needs a user (postgres://USER@HOST:PORT/DB)"));
+    }
+    let mut password = url.password().map(decode);
+    if let Some(var) = &file.password_env {
+        password = Some(std::env::var(var).map_err(|_| invalid(&format!("{name}.password_env"), format!("environment variable {var} is not set")))?);
+    }
+    let database = decode(url.path().trim_start_matches('/'));
+    let mut sslmode = file.sslmode.clone();
+    let mut sslrootcert = file.sslrootcert.clone();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => sslmode = Some(v.into_owned()),
+            "sslrootcert" => sslrootcert = Some(PathBuf::from(v.as_ref())),
+            other => return Err(invalid(&key, format!("unsupported URL parameter {other:?} (supported: sslmode, sslrootcert)"))),
+        }
+    }
+    let sslmode: SslMode = sslmode.as_deref().unwrap_or("prefer").parse().map_err(|e: String| invalid(&format!("{name}.sslmode"), e))?;
+    if sslmode == SslMode::VerifyFull && sslrootcert.is_none() {
+        return Err(invalid(&format!("{name}.sslrootcert"), "sslmode verify-full needs a CA file"));
+    }
+    Ok(ServerConfig {
+        name,
+        host,
+        port: url.port().unwrap_or(5432),
+        user,
+        password,
+        database: if database.is_empty() { "postgres".into() } else { database },
+        sslmode,
+        sslrootcert,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn server_url_and_errors_name_the_key() {
+        let o = Overrides { old: Some("postgres://u:p%40ss@db:5433/app?sslmode=require".into()), auth: Some("trust".into()), ..Default::default() };
+        let c = Config::from_parts(FileConfig::default(), &o).unwrap();
+        assert_eq!((c.old.host.as_str(), c.old.port, c.old.password.as_deref(), c.old.sslmode), ("db", 5433, Some("p@ss"), SslMode::Require));
+        assert!(!format!("{:?}", c.old).contains("p@ss"));
+        let bad = Overrides { old: Some("mysql://x".into()), ..o.clone() };
+        assert_eq!(Config::from_parts(FileConfig::default(), &bad).err().unwrap().key, "old.url");
+        let bad = Overrides { listen: Some("nowhere".into()), ..o };
+        assert_eq!(Config::from_parts(FileConfig::default(), &bad).err().unwrap().key, "listen");
+    }
+}

@@ -1,0 +1,1 @@
+//! The proxy's own catalog queries to the servers, over tokio-postgres.

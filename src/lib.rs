@@ -1,0 +1,17 @@
+//! pgcutover: a Postgres wire-protocol proxy that moves live sessions from one server to
+//! another (a major-version upgrade over logical replication) without failing transactions.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod control;
+pub mod cutover;
+pub mod metrics;
+pub mod net;
+pub mod protocol;
+pub mod proxy;
+pub mod session;
+pub mod tls;

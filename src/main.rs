@@ -1,0 +1,138 @@
+//! The `pgcutover` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgcutover::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(name = "pgcutover", version, about = "Postgres proxy that moves live sessions from an old server to a new one (zero-downtime major-version cutover)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Send one command to a running proxy's admin console and print the result.
+    Admin(AdminArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// TOML config file (see proxy.toml). Flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address for clients, e.g. 127.0.0.1:6432.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Old server and the proxy's control credentials: postgres://USER[:PASS]@HOST:PORT/DB[?sslmode=...].
+    #[arg(long)]
+    old: Option<String>,
+    /// New server, same form as --old.
+    #[arg(long)]
+    new: Option<String>,
+    /// Address of the admin console (psql-compatible), e.g. 127.0.0.1:6433.
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Unix socket path for the admin console (created with mode 0600).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Address for Prometheus metrics at /metrics, e.g. 127.0.0.1:9187.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Client authentication: trust, scram-sha-256 or md5.
+    #[arg(long)]
+    auth: Option<String>,
+    /// Maximum client connections; more get FATAL 53300.
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// PEM certificate for TLS to clients.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS to clients.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Parser)]
+struct AdminArgs {
+    /// Admin console address.
+    #[arg(long, default_value = "127.0.0.1:6433")]
+    addr: String,
+    /// Admin user.
+    #[arg(long, short, default_value = "admin")]
+    user: String,
+    /// Admin password (or set PGCUTOVER_ADMIN_PASSWORD).
+    #[arg(long, env = "PGCUTOVER_ADMIN_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// The command, e.g. SHOW STATUS or CUTOVER.
+    #[arg(required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGCUTOVER_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Commands::Serve(args) => runtime.block_on(serve(args)),
+        Commands::Admin(args) => runtime.block_on(pgcutover::admin::client::run(&args.addr, &args.user, args.password.as_deref(), &args.command.join(" "))),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        admin_socket: args.admin_socket,
+        metrics_listen: args.metrics_listen,
+        auth: args.auth,
+        old: args.old,
+        new: args.new,
+        max_clients: args.max_clients,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let running = match pgcutover::proxy::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,101 @@
+//! Prometheus metrics and the tiny HTTP endpoint that serves them at `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub struct Metrics {
+    registry: Registry,
+    pub clients: IntGauge,
+    pub server_connections: IntGaugeVec,
+    pub transactions: IntCounter,
+    pub queries: IntCounter,
+    pub bytes_from_clients: IntCounter,
+    pub bytes_to_clients: IntCounter,
+    pub auth_failures: IntCounter,
+    pub errors: IntCounterVec,
+    pub held_seconds: Histogram,
+    pub cutover_phase_seconds: prometheus::HistogramVec,
+    pub cutovers: IntCounterVec,
+    pub rejected_clients: IntCounterVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Registration fails only on duplicate names, which would be a programming error caught by tests.
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    #[allow(clippy::expect_used)] // metric definitions are static; a bad one is a bug found at the first start
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("pgcutover".into()), None).expect("metrics registry");
+        let counter = |name: &str, help: &str| register(&r, IntCounter::new(name, help).expect("counter"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("counter vec"));
+        Self {
+            clients: register(&r, IntGauge::new("client_connections", "Client connections open").expect("gauge")),
+            server_connections: register(&r, IntGaugeVec::new(Opts::new("server_connections", "Server connections open"), &["server"]).expect("gauge vec")),
+            transactions: counter("transactions_total", "Transactions forwarded (ReadyForQuery back to idle)"),
+            queries: counter("queries_total", "Queries forwarded (simple Query, Execute, FunctionCall)"),
+            bytes_from_clients: counter("client_bytes_received_total", "Bytes received from clients"),
+            bytes_to_clients: counter("client_bytes_sent_total", "Bytes sent to clients"),
+            auth_failures: counter("auth_failures_total", "Failed client authentications"),
+            errors: counter_vec("errors_total", "Errors sent to clients, by SQLSTATE class", &["class"]),
+            held_seconds: register(&r, Histogram::with_opts(HistogramOpts::new("session_held_seconds", "Time sessions spent held by PAUSE or CUTOVER").buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("histogram")),
+            cutover_phase_seconds: register(&r, prometheus::HistogramVec::new(HistogramOpts::new("cutover_phase_seconds", "Duration of each cutover phase"), &["phase"]).expect("histogram vec")),
+            cutovers: counter_vec("cutovers_total", "Cutovers by outcome", &["outcome"]),
+            rejected_clients: counter_vec("rejected_clients_total", "Client connections refused, by reason", &["reason"]),
+            registry: r,
+        }
+    }
+
+    pub fn error(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("??");
+        self.errors.with_label_values(&[class]).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Serves `GET /metrics` (anything else: 404) until the listener task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 2048];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "not found; try /metrics\n".to_string())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

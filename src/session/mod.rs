@@ -1,0 +1,139 @@
+//! One task per client: startup and authentication, a server connection, then the relay loop.
+
+pub mod client_auth;
+pub mod handshake;
+pub mod outbound;
+pub mod registry;
+pub mod relay;
+pub mod snapshot;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::backend::{self, BackendError};
+use crate::protocol::messages::{self, fatal};
+use crate::protocol::FrameReader;
+use crate::proxy::Shared;
+use handshake::{Handshake, HandshakeError};
+use registry::{NewSession, Park};
+use relay::{End, Relay};
+
+pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+    let started = Instant::now();
+    let over_limit = permit.is_none();
+    let setup = tokio::time::timeout(shared.config.startup_timeout, async {
+        let Handshake::Startup(mut reader, startup) = handshake::startup(&shared, tcp, over_limit).await? else {
+            return Ok(None);
+        };
+        let auth = client_auth::authenticate(&shared, &mut reader, startup.user()).await?;
+        Ok::<_, HandshakeError>(Some((reader, startup, auth)))
+    })
+    .await;
+    let (mut reader, startup, auth) = match setup {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::info!(client = %addr, error = %e, "connection refused during startup");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(client = %addr, "startup did not complete in time; connection closed");
+            shared.metrics.rejected_clients.with_label_values(&["startup_timeout"]).inc();
+            return;
+        }
+    };
+    let user = startup.user().to_string();
+    let database = startup.database().to_string();
+
+    // During a hold, new clients are authenticated but wait here for the server to use.
+    let role = tokio::select! {
+        role = shared.gate.wait_open() => role,
+        _ = shared.close_sessions.cancelled() => return,
+    };
+    let Some(server) = shared.server(role) else { return };
+    let password = shared.backend_password(&user, auth.client_password.as_deref());
+    let conn = match backend::connect(server, &startup, password.as_deref(), shared.config.max_message_size).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let frame = match &e {
+                BackendError::Refused { frame, .. } => frame.clone(),
+                BackendError::NoPassword { .. } => fatal("28000", &e.to_string()),
+                BackendError::Unreachable { .. } | BackendError::Protocol { .. } => fatal("08006", &e.to_string()),
+            };
+            shared.metrics.error(&messages::parse_error_fields(&frame[5..]).code);
+            let _ = reader.get_mut().write_all(&frame).await;
+            tracing::warn!(client = %addr, %user, %database, error = %e, "could not open a server connection");
+            return;
+        }
+    };
+    shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
+
+    let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, startup, backend_password: password });
+    if let Ok(mut t) = handle.cancel_target.lock() {
+        *t = Some(conn.cancel.clone());
+    }
+    handle.set_status(|s| {
+        s.server = conn.role.as_str();
+        s.state = "active";
+    });
+    let mut greeting = BytesMut::new();
+    for (k, v) in &conn.params {
+        greeting.extend_from_slice(&messages::parameter_status(k, v));
+    }
+    greeting.extend_from_slice(&messages::backend_key_data(handle.key_pid, &handle.secret()));
+    greeting.extend_from_slice(&messages::ready_for_query(b'I'));
+
+    let (stream, buffered) = reader.into_parts();
+    let (client_read, client_write) = tokio::io::split(stream);
+    shared.metrics.clients.inc();
+    tracing::info!(session = handle.id, client = %addr, %user, %database, server = conn.role.as_str(), "session opened");
+    let mut relay = Relay {
+        gate: shared.gate.subscribe(),
+        shared: shared.clone(),
+        handle: handle.clone(),
+        commands,
+        client_rd: FrameReader::with_buffer(client_read, buffered, shared.config.max_message_size),
+        client_wr: client_write,
+        state: state::ProtocolState::new(&conn.params),
+        backend: conn,
+        standby: None,
+        to_client: Default::default(),
+        to_backend: Default::default(),
+        parked_since: None,
+        prepared_move: false,
+        poisoned: false,
+        probe_pending: false,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    relay.to_client.push(greeting.freeze());
+    let end = relay.run().await;
+    shared.metrics.server_connections.with_label_values(&[relay.backend.role.as_str()]).dec();
+    shared.metrics.clients.dec();
+    shared.registry.remove(&handle);
+    handle.park.send_replace(Park::Closed);
+    let how = match &end {
+        End::ClientClosed => "client closed".to_string(),
+        End::ClientError(e) => format!("client error: {e}"),
+        End::ServerClosed(e) | End::Closed(e) => e.clone(),
+    };
+    tracing::info!(
+        session = handle.id,
+        client = %addr,
+        %user,
+        %database,
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_in = relay.bytes_in,
+        bytes_out = relay.bytes_out,
+        end = %how,
+        "session closed"
+    );
+    drop(permit);
+}

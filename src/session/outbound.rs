@@ -1,0 +1,87 @@
+//! A queue of bytes waiting to be written to one peer. Writing is cancel-safe (`write` either
+//! wrote bytes we then drop from the queue, or wrote nothing), so the session can wait on
+//! reads and writes in one `select!` and never deadlock two peers that both send.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Stop reading from the peer that feeds a queue once this much is waiting to be written.
+pub const HIGH_WATER: usize = 1 << 20;
+
+#[derive(Default)]
+pub struct Outbound {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    unflushed: bool,
+}
+
+impl Outbound {
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.chunks.push_back(bytes);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Something to write or flush.
+    pub fn pending(&self) -> bool {
+        self.len > 0 || self.unflushed
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.len < HIGH_WATER
+    }
+
+    /// One write (gathering several chunks), then a flush once the queue is empty.
+    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if self.len > 0 {
+            let slices: Vec<std::io::IoSlice<'_>> = self.chunks.iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
+            let mut n = if slices.len() > 1 && w.is_write_vectored() {
+                w.write_vectored(&slices).await?
+            } else {
+                drop(slices);
+                match self.chunks.front() {
+                    Some(front) => w.write(front).await?,
+                    None => 0,
+                }
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.len -= n;
+            self.unflushed = true;
+            while n > 0 {
+                let Some(front) = self.chunks.front_mut() else { break };
+                let take = n.min(front.len());
+                front.advance(take);
+                n -= take;
+                if front.is_empty() {
+                    self.chunks.pop_front();
+                }
+            }
+        }
+        if self.len == 0 && self.unflushed {
+            w.flush().await?;
+            self.unflushed = false;
+        }
+        Ok(())
+    }
+
+    /// Writes everything (used when the session is about to stop or switch).
+    pub async fn drain<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        while self.pending() {
+            self.write_some(w).await?;
+        }
+        Ok(())
+    }
+}

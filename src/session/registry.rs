@@ -1,0 +1,165 @@
+//! All live sessions, by id and by the cancel key the proxy gave each client.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dashmap::DashMap;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{BackendConn, CancelTarget, Role};
+use crate::protocol::startup::StartupMessage;
+
+/// Requests from the cutover coordinator to one session.
+pub enum Command {
+    /// A connection on the new server, authenticated with this session's startup parameters.
+    Attach(Box<BackendConn>),
+    /// The drain deadline passed: cancel what runs, resolve an idle transaction.
+    Interrupt,
+    /// The session cannot move: end it with this FATAL.
+    Close { sqlstate: &'static str, message: String },
+    /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors).
+    Probe,
+}
+
+/// Where a session stands with respect to a hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Park {
+    Running,
+    /// Held at a transaction boundary; its state is ready on the standby if one was attached.
+    Parked { since: Instant },
+    /// Held, but it cannot move (the reason says why).
+    Unmovable(String),
+    /// Moved to the new server.
+    Switched { held_ms: u64 },
+    /// The session ended.
+    Closed,
+}
+
+/// What SHOW SESSIONS reports; written by the session task, read by the console.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub tx_status: char,
+    pub server: &'static str,
+    pub prepared: usize,
+    pub state: &'static str,
+    pub blockers: Vec<String>,
+}
+
+pub struct SessionHandle {
+    pub id: u64,
+    pub client_addr: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub started: Instant,
+    pub key_pid: u32,
+    key_secret: [u8; 4],
+    pub startup: StartupMessage,
+    /// Password to log into servers as this user; never displayed.
+    pub backend_password: Option<String>,
+    pub cancel_target: Mutex<Option<CancelTarget>>,
+    pub status: Mutex<Status>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub park: watch::Sender<Park>,
+}
+
+impl SessionHandle {
+    pub fn secret(&self) -> [u8; 4] {
+        self.key_secret
+    }
+
+    pub fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn server_role(&self) -> Option<Role> {
+        match self.status().server {
+            "old" => Some(Role::Old),
+            "new" => Some(Role::New),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    by_id: DashMap<u64, Arc<SessionHandle>>,
+    by_pid: DashMap<u32, Arc<SessionHandle>>,
+    next_id: AtomicU64,
+}
+
+pub struct NewSession {
+    pub client_addr: SocketAddr,
+    pub startup: StartupMessage,
+    pub backend_password: Option<String>,
+}
+
+impl Registry {
+    pub fn register(&self, new: NewSession) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let mut rng = rand::rngs::OsRng;
+        loop {
+            let key_pid = rng.next_u32() & 0x7fff_ffff;
+            let mut key_secret = [0u8; 4];
+            rng.fill_bytes(&mut key_secret);
+            let entry = match self.by_pid.entry(key_pid) {
+                dashmap::Entry::Occupied(_) => continue,
+                dashmap::Entry::Vacant(v) => v,
+            };
+            let handle = Arc::new(SessionHandle {
+                id,
+                client_addr: new.client_addr,
+                user: new.startup.user().to_string(),
+                database: new.startup.database().to_string(),
+                started: Instant::now(),
+                key_pid,
+                key_secret,
+                startup: new.startup,
+                backend_password: new.backend_password,
+                cancel_target: Mutex::new(None),
+                status: Mutex::new(Status { tx_status: 'I', server: "-", state: "connecting", ..Default::default() }),
+                commands,
+                park: watch::channel(Park::Running).0,
+            });
+            entry.insert(handle.clone());
+            self.by_id.insert(id, handle.clone());
+            return (handle, rx);
+        }
+    }
+
+    pub fn remove(&self, handle: &SessionHandle) {
+        self.by_id.remove(&handle.id);
+        self.by_pid.remove(&handle.key_pid);
+        handle.park.send_replace(Park::Closed);
+    }
+
+    /// The session a CancelRequest names, if its secret matches (compared in constant time).
+    pub fn find_for_cancel(&self, pid: u32, secret: &[u8]) -> Option<Arc<SessionHandle>> {
+        let handle = self.by_pid.get(&pid)?.clone();
+        bool::from(handle.key_secret[..].ct_eq(secret)).then_some(handle)
+    }
+
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        let mut v: Vec<_> = self.by_id.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|h| h.id);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}

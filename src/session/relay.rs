@@ -1,0 +1,421 @@
+//! The session's event loop: forwards frames both ways, tracks protocol state, and obeys the
+//! gate (hold, switch, resume) and the coordinator's commands.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use super::outbound::Outbound;
+use super::registry::{Command, Park, SessionHandle};
+use super::snapshot::{self, Snapshot};
+use super::state::{ClientEvent, ProtocolState};
+use crate::backend::{self, BackendConn};
+use crate::config::IdleInTransaction;
+use crate::cutover::gate::GateState;
+use crate::net::Stream;
+use crate::protocol::messages::{self, error_response, fatal, parse_error_fields, Severity};
+use crate::protocol::{FrameIter, FrameReader};
+use crate::proxy::Shared;
+
+pub struct Relay {
+    pub shared: Arc<Shared>,
+    pub handle: Arc<SessionHandle>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub gate: watch::Receiver<GateState>,
+    pub client_rd: FrameReader<ReadHalf<Stream>>,
+    pub client_wr: WriteHalf<Stream>,
+    pub backend: BackendConn,
+    pub standby: Option<BackendConn>,
+    pub state: ProtocolState,
+    pub to_client: Outbound,
+    pub to_backend: Outbound,
+    pub parked_since: Option<Instant>,
+    /// The snapshot replayed on the standby, ready for the switch.
+    pub prepared_move: bool,
+    /// The proxy rolled back this client's transaction: answer its next request with 40001.
+    pub poisoned: bool,
+    pub probe_pending: bool,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// How a session ended, for the log line.
+pub enum End {
+    ClientClosed,
+    ClientError(String),
+    ServerClosed(String),
+    Closed(String),
+}
+
+impl Relay {
+    pub async fn run(&mut self) -> End {
+        let close_sessions = self.shared.close_sessions.clone();
+        loop {
+            let gate = *self.gate.borrow_and_update();
+            if let Some(end) = self.apply_gate(gate).await {
+                return end;
+            }
+            if self.probe_pending && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
+                self.probe().await;
+            }
+            let read_client = self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room();
+            let read_backend = self.to_client.has_room();
+            let write_backend = self.to_backend.pending();
+            let write_client = self.to_client.pending();
+            tokio::select! {
+                biased;
+                _ = close_sessions.cancelled() => {
+                    return self.close_with(fatal("57P01", "terminating connection: pgcutover is shutting down"), "proxy shutdown").await;
+                }
+                command = self.commands.recv() => {
+                    if let Some(end) = self.on_command(command).await {
+                        return end;
+                    }
+                }
+                changed = self.gate.changed() => {
+                    if changed.is_err() {
+                        return End::Closed("proxy stopped".into());
+                    }
+                }
+                batch = self.backend.reader.read_batch(), if read_backend => match batch {
+                    Ok(Some(batch)) => self.on_backend_batch(batch),
+                    Ok(None) => return self.server_lost("the server closed the connection").await,
+                    Err(e) => return self.server_lost(&e.to_string()).await,
+                },
+                written = self.to_backend.write_some(&mut self.backend.writer), if write_backend => {
+                    if let Err(e) = written {
+                        return self.server_lost(&e.to_string()).await;
+                    }
+                }
+                written = self.to_client.write_some(&mut self.client_wr), if write_client => {
+                    if let Err(e) = written {
+                        self.terminate_backends().await;
+                        return End::ClientError(e.to_string());
+                    }
+                }
+                batch = self.client_rd.read_batch(), if read_client => match batch {
+                    Ok(Some(batch)) => {
+                        if self.on_client_batch(batch) {
+                            let _ = self.to_backend.drain(&mut self.backend.writer).await;
+                            self.terminate_standby().await;
+                            return End::ClientClosed;
+                        }
+                    }
+                    Ok(None) => {
+                        self.terminate_backends().await;
+                        return End::ClientClosed;
+                    }
+                    Err(e) => {
+                        let message = format!("protocol violation: {e}");
+                        return self.close_with(fatal("08P01", &message), &message).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Returns true when the client sent Terminate.
+    fn on_client_batch(&mut self, batch: Bytes) -> bool {
+        self.bytes_in += batch.len() as u64;
+        self.shared.metrics.bytes_from_clients.inc_by(batch.len() as u64);
+        let mut skip_until = 0;
+        if self.poisoned {
+            // Swallow the client's next request, then answer it with a retryable error.
+            let mut offset = 0;
+            for (tag, body) in FrameIter::new(&batch) {
+                offset += body.len() + 5;
+                if tag == b'X' {
+                    return true;
+                }
+                if matches!(tag, b'Q' | b'S' | b'F') {
+                    self.poisoned = false;
+                    self.state.tx_status = b'E';
+                    self.to_client.push(error_response(
+                        Severity::Error,
+                        "40001",
+                        "pgcutover rolled back this transaction to move the session to the new server",
+                        None,
+                        Some("Retry the transaction."),
+                    ));
+                    self.to_client.push(messages::ready_for_query(b'E'));
+                    self.shared.metrics.error("40001");
+                    break;
+                }
+            }
+            skip_until = offset;
+            if skip_until >= batch.len() {
+                return false;
+            }
+        }
+        let batch = batch.slice(skip_until..);
+        let mut terminate = false;
+        for (tag, body) in FrameIter::new(&batch) {
+            if let ClientEvent::Terminate = self.state.on_client_frame(tag, body) {
+                terminate = true;
+            }
+            if matches!(tag, b'Q' | b'E' | b'F') {
+                self.shared.metrics.queries.inc();
+            }
+        }
+        self.to_backend.push(batch);
+        terminate
+    }
+
+    fn on_backend_batch(&mut self, batch: Bytes) {
+        let mut ready = false;
+        for (tag, body) in FrameIter::new(&batch) {
+            if self.state.on_server_frame(tag, body) {
+                ready = true;
+                if body.first() == Some(&b'I') {
+                    self.shared.metrics.transactions.inc();
+                }
+            } else if tag == b'E' {
+                self.shared.metrics.error(&parse_error_fields(body).code);
+            }
+        }
+        self.bytes_out += batch.len() as u64;
+        self.shared.metrics.bytes_to_clients.inc_by(batch.len() as u64);
+        self.to_client.push(batch);
+        if ready {
+            let status = self.state.tx_status as char;
+            let prepared = self.state.prepared.len();
+            self.handle.set_status(|s| {
+                s.tx_status = status;
+                s.prepared = prepared;
+            });
+        }
+    }
+
+    async fn on_command(&mut self, command: Option<Command>) -> Option<End> {
+        match command? {
+            Command::Attach(conn) => {
+                self.shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
+                if let Some(old) = self.standby.replace(*conn) {
+                    self.drop_connection(old).await;
+                }
+                None
+            }
+            Command::Probe => {
+                self.probe_pending = true;
+                None
+            }
+            Command::Close { sqlstate, message } => Some(self.close_with(fatal(sqlstate, &message), &message).await),
+            Command::Interrupt => self.interrupt().await,
+        }
+    }
+
+    /// The drain deadline passed and this session is still busy.
+    async fn interrupt(&mut self) -> Option<End> {
+        if self.parked_since.is_some() {
+            return None;
+        }
+        if self.state.outstanding > 0 {
+            let target = self.backend.cancel.clone();
+            tokio::spawn(async move {
+                let _ = backend::send_cancel(&target).await;
+            });
+            return None;
+        }
+        if !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() {
+            return None;
+        }
+        match self.shared.config.cutover.idle_in_transaction {
+            IdleInTransaction::Abort => {
+                self.handle.park.send_replace(Park::Unmovable("idle in transaction at the drain deadline".into()));
+                None
+            }
+            policy => {
+                let mut params = Vec::new();
+                let rolled_back = snapshot::run_internal(&mut self.backend, &[messages::query("ROLLBACK")], Some(&mut self.to_client), &mut params).await;
+                if let Err(e) = rolled_back {
+                    return Some(self.server_lost(&e.to_string()).await);
+                }
+                self.state.tx_status = b'I';
+                if policy == IdleInTransaction::Terminate {
+                    let message = "terminating connection: pgcutover rolled back this idle transaction to move to the new server";
+                    return Some(self.close_with(fatal("57P01", message), message).await);
+                }
+                self.poisoned = true;
+                None
+            }
+        }
+    }
+
+    async fn apply_gate(&mut self, gate: GateState) -> Option<End> {
+        let ready_to_park = gate.held && self.parked_since.is_none() && self.state.is_quiescent() && self.to_backend.is_empty();
+        if ready_to_park {
+            self.park().await;
+        }
+        if self.parked_since.is_some() {
+            if gate.active != self.backend.role {
+                if let Some(end) = self.switch().await {
+                    return Some(end);
+                }
+            } else if !gate.held {
+                self.unpark();
+            }
+        }
+        None
+    }
+
+    async fn park(&mut self) {
+        let since = Instant::now();
+        self.parked_since = Some(since);
+        self.handle.set_status(|s| s.state = "held");
+        let verdict = if self.standby.is_some() { self.prepare_move().await } else { Park::Parked { since } };
+        self.handle.park.send_replace(verdict);
+    }
+
+    /// Reads the session's state on old and replays it on the standby, so the switch itself
+    /// is only a pointer swap.
+    async fn prepare_move(&mut self) -> Park {
+        let since = self.parked_since.unwrap_or_else(Instant::now);
+        let snap = match self.capture().await {
+            Ok(snap) => snap,
+            Err(reason) => return Park::Unmovable(reason),
+        };
+        if !snap.blockers.is_empty() {
+            return Park::Unmovable(format!("holds state that cannot move: {}", snap.blockers.join(", ")));
+        }
+        let Some(standby) = self.standby.as_mut() else { return Park::Parked { since } };
+        match snapshot::replay(standby, &snap, &self.state.prepared).await {
+            Ok(params) => {
+                standby.params.extend(params);
+                self.prepared_move = true;
+                Park::Parked { since }
+            }
+            Err(e) => Park::Unmovable(e.to_string()),
+        }
+    }
+
+    async fn capture(&mut self) -> Result<Snapshot, String> {
+        let mut params = Vec::new();
+        let snap = snapshot::capture(&mut self.backend, &mut self.to_client, &mut params).await.map_err(|e| e.to_string());
+        for (k, v) in params {
+            self.state.params.insert(k, v);
+        }
+        let snap = snap?;
+        let blockers = snap.blockers.clone();
+        self.handle.set_status(|s| s.blockers = blockers);
+        Ok(snap)
+    }
+
+    async fn probe(&mut self) {
+        self.probe_pending = false;
+        if let Err(reason) = self.capture().await {
+            self.handle.set_status(|s| s.blockers = vec![reason]);
+        }
+    }
+
+    fn unpark(&mut self) {
+        if let Some(since) = self.parked_since.take() {
+            self.shared.metrics.held_seconds.observe(since.elapsed().as_secs_f64());
+        }
+        if let Some(standby) = self.standby.take() {
+            // Aborted cutover: the pre-warmed connection is not needed.
+            self.shared.metrics.server_connections.with_label_values(&[standby.role.as_str()]).dec();
+            tokio::spawn(async move {
+                let mut standby = standby;
+                let _ = standby.writer.write_all(&messages::terminate()).await;
+            });
+        }
+        self.prepared_move = false;
+        self.handle.set_status(|s| s.state = "active");
+        self.handle.park.send_replace(Park::Running);
+    }
+
+    /// The commit point for this session: continue on the standby.
+    async fn switch(&mut self) -> Option<End> {
+        let target = self.gate.borrow().active;
+        if self.standby.is_none() || !self.prepared_move {
+            // No pre-warmed connection (the session arrived late): connect and replay now.
+            if let Err(e) = self.connect_standby_now(target).await {
+                let message = format!("terminating connection: could not move the session to the new server: {e}");
+                return Some(self.close_with(fatal("57P01", &message), &message).await);
+            }
+        }
+        let standby = self.standby.take()?;
+        let held_ms = self.parked_since.map(|s| s.elapsed().as_millis() as u64).unwrap_or(0);
+        let mut values: HashMap<&str, &str> = HashMap::new();
+        for (k, v) in &standby.params {
+            values.insert(k, v);
+        }
+        let mut changed: Vec<(String, String)> = values
+            .into_iter()
+            .filter(|(k, v)| self.state.params.get(*k).map(String::as_str) != Some(*v))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        changed.sort();
+        for (k, v) in changed {
+            self.to_client.push(messages::parameter_status(&k, &v));
+            self.state.params.insert(k, v);
+        }
+        let old = std::mem::replace(&mut self.backend, standby);
+        self.drop_connection(old).await;
+        if let Ok(mut t) = self.handle.cancel_target.lock() {
+            *t = Some(self.backend.cancel.clone());
+        }
+        let role = self.backend.role.as_str();
+        self.handle.set_status(|s| {
+            s.server = role;
+            s.state = "active";
+        });
+        if let Some(since) = self.parked_since.take() {
+            self.shared.metrics.held_seconds.observe(since.elapsed().as_secs_f64());
+        }
+        self.prepared_move = false;
+        self.handle.park.send_replace(Park::Switched { held_ms });
+        None
+    }
+
+    async fn connect_standby_now(&mut self, role: backend::Role) -> Result<(), String> {
+        let server = self.shared.server(role).ok_or("no such server configured")?;
+        let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref(), self.shared.config.max_message_size)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();
+        self.standby = Some(conn);
+        match self.prepare_move().await {
+            Park::Parked { .. } => Ok(()),
+            Park::Unmovable(reason) => Err(reason),
+            other => Err(format!("unexpected state {other:?}")),
+        }
+    }
+
+    async fn drop_connection(&mut self, mut conn: BackendConn) {
+        self.shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).dec();
+        let _ = conn.writer.write_all(&messages::terminate()).await;
+    }
+
+    async fn terminate_standby(&mut self) {
+        if let Some(standby) = self.standby.take() {
+            self.drop_connection(standby).await;
+        }
+    }
+
+    async fn terminate_backends(&mut self) {
+        let _ = self.backend.writer.write_all(&messages::terminate()).await;
+        self.terminate_standby().await;
+    }
+
+    /// Sends `error` (after whatever is queued) to the client and ends the session.
+    async fn close_with(&mut self, error: Bytes, reason: &str) -> End {
+        let code = parse_error_fields(&error[5..]).code;
+        self.shared.metrics.error(&code);
+        self.to_client.push(error);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
+        let _ = self.client_wr.shutdown().await;
+        self.terminate_backends().await;
+        End::Closed(reason.to_string())
+    }
+
+    async fn server_lost(&mut self, reason: &str) -> End {
+        let message = format!("server connection lost ({} server): {reason}", self.backend.role.as_str());
+        let _ = self.close_with(fatal("08006", &message), &message).await;
+        End::ServerClosed(message)
+    }
+}

@@ -1,0 +1,158 @@
+//! Reading a session's state from its server, and replaying it onto a connection on another.
+//! Both run on an idle session (ReadyForQuery `I`, nothing in flight): the proxy sends its
+//! own simple Query and consumes the replies; the client never sees them.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+
+use super::outbound::Outbound;
+use crate::backend::BackendConn;
+use crate::protocol::messages::{self, parse_data_row, parse_error_fields, parse_parameter_status};
+
+/// Everything about a session that lives on the server and must follow it.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Settings changed with SET (not startup parameters, which the new connection got already).
+    pub settings: Vec<(String, String)>,
+    /// `PREPARE ...` statements, full text.
+    pub sql_prepared: Vec<String>,
+    /// Names of protocol-level prepared statements the server knows.
+    pub protocol_prepared: Vec<Bytes>,
+    pub listen_channels: Vec<String>,
+    /// What cannot move: temp tables, session advisory locks, WITH HOLD cursors.
+    pub blockers: Vec<String>,
+}
+
+const CAPTURE_SQL: &str = "SELECT 'set', name::text, setting::text FROM pg_catalog.pg_settings WHERE source = 'session' \
+UNION ALL SELECT 'sqlprep', name::text, statement::text FROM pg_catalog.pg_prepared_statements WHERE from_sql \
+UNION ALL SELECT 'protoprep', name::text, NULL FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql \
+UNION ALL SELECT 'listen', c::text, NULL FROM pg_catalog.pg_listening_channels() c \
+UNION ALL SELECT 'blocker', 'temporary tables', NULL WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relpersistence = 't' AND relnamespace = pg_catalog.pg_my_temp_schema()) \
+UNION ALL SELECT 'blocker', 'session advisory locks', NULL WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid()) \
+UNION ALL SELECT 'blocker', 'WITH HOLD cursors', NULL WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_cursors WHERE is_holdable)";
+
+/// Settings that describe the connection, not the session, and must not be copied.
+const NOT_REPLAYED: &[&str] = &["session_authorization", "transaction_isolation", "transaction_read_only", "transaction_deferrable"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] crate::protocol::ProtocolError),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("{0}")]
+    Server(String),
+}
+
+/// Runs `sql` (one or more simple Queries, back to back) and returns the DataRows and the
+/// errors. Notifications, notices and ParameterStatus go on to the client as usual.
+pub async fn run_internal(
+    conn: &mut BackendConn,
+    queries: &[Bytes],
+    to_client: Option<&mut Outbound>,
+    params: &mut Vec<(String, String)>,
+) -> Result<(Vec<Vec<Option<Bytes>>>, Vec<String>), SnapshotError> {
+    if queries.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut batch = BytesMut::new();
+    for q in queries {
+        batch.put_slice(q);
+    }
+    conn.writer.write_all(&batch).await?;
+    conn.writer.flush().await?;
+    let expected = queries.iter().filter(|q| matches!(q.first(), Some(b'Q') | Some(b'S'))).count();
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = 0;
+    let mut to_client = to_client;
+    while seen < expected {
+        let (tag, body) = conn.reader.read_frame().await?.ok_or(SnapshotError::Closed)?;
+        match tag {
+            b'D' => rows.push(parse_data_row(&body).unwrap_or_default()),
+            b'E' => errors.push(parse_error_fields(&body).message),
+            b'Z' => seen += 1,
+            b'S' => {
+                if let Some(p) = parse_parameter_status(&body) {
+                    params.push(p);
+                }
+            }
+            b'A' | b'N' => {
+                if let Some(out) = to_client.as_deref_mut() {
+                    out.push(messages::frame(tag, &body));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((rows, errors))
+}
+
+fn text(col: &Option<Bytes>) -> String {
+    col.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+pub async fn capture(conn: &mut BackendConn, to_client: &mut Outbound, params: &mut Vec<(String, String)>) -> Result<Snapshot, SnapshotError> {
+    let (rows, errors) = run_internal(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(SnapshotError::Server(format!("could not read the session's state: {e}")));
+    }
+    let mut snap = Snapshot::default();
+    for row in rows {
+        let [kind, name, value] = [row.first(), row.get(1), row.get(2)].map(|c| c.map(text).unwrap_or_default());
+        match kind.as_str() {
+            "set" if !NOT_REPLAYED.contains(&name.as_str()) => snap.settings.push((name, value)),
+            "sqlprep" => snap.sql_prepared.push(value),
+            "protoprep" => snap.protocol_prepared.push(Bytes::from(name.into_bytes())),
+            "listen" => snap.listen_channels.push(name),
+            "blocker" => snap.blockers.push(name),
+            _ => {}
+        }
+    }
+    // standard_conforming_strings changes how later literals parse: set it last.
+    snap.settings.sort_by_key(|(name, _)| name == "standard_conforming_strings");
+    Ok(snap)
+}
+
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn identifier(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Recreates the snapshot on `conn`. Returns the ParameterStatus values the server reported
+/// while doing so; fails if any statement failed (the session would not behave the same).
+pub async fn replay(conn: &mut BackendConn, snap: &Snapshot, parse_messages: &HashMap<Bytes, Bytes>) -> Result<Vec<(String, String)>, SnapshotError> {
+    let mut queries = Vec::new();
+    for (name, value) in &snap.settings {
+        queries.push(messages::query(&format!("SELECT pg_catalog.set_config({}, {}, false)", literal(name), literal(value))));
+    }
+    for statement in &snap.sql_prepared {
+        queries.push(messages::query(statement));
+    }
+    for channel in &snap.listen_channels {
+        queries.push(messages::query(&format!("LISTEN {}", identifier(channel))));
+    }
+    let mut parses = 0;
+    for name in &snap.protocol_prepared {
+        if let Some(body) = parse_messages.get(name) {
+            queries.push(messages::frame(b'P', body));
+            parses += 1;
+        }
+    }
+    if parses > 0 {
+        queries.push(messages::frame(b'S', &[]));
+    }
+    let mut params = Vec::new();
+    let (_, errors) = run_internal(conn, &queries, None, &mut params).await?;
+    if !errors.is_empty() {
+        return Err(SnapshotError::Server(format!("replaying the session on the new server failed: {}", errors.join("; "))));
+    }
+    Ok(params)
+}

@@ -1,0 +1,215 @@
+//! Tests of the test rig itself (tests/support): real Postgres 15 and 18 servers.
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn old_is_15_and_new_is_18() {
+    let v_old: u32 = old().psql("postgres", "SHOW server_version_num").parse().unwrap();
+    let v_new: u32 = new().psql("postgres", "SHOW server_version_num").parse().unwrap();
+    assert_eq!(v_old / 10000, 15, "old reports {v_old}");
+    assert_eq!(v_new / 10000, 18, "new reports {v_new}");
+    assert_eq!(old().version, 15);
+    assert_eq!(new().version, 18);
+    assert_ne!(old().port, new().port);
+    for s in [old(), new()] {
+        assert_eq!(s.psql("postgres", "SHOW wal_level"), "logical");
+        assert_eq!(s.psql("postgres", "SHOW max_connections"), "400");
+        assert_eq!(s.psql("postgres", "SHOW max_replication_slots"), "20");
+        assert_eq!(s.psql("postgres", "SHOW max_wal_senders"), "20");
+        assert_eq!(s.psql("postgres", "SHOW fsync"), "off");
+        // The server process runs unprivileged.
+        assert_eq!(s.psql("postgres", "SELECT current_setting('data_directory') <> ''"), "t");
+    }
+}
+
+#[test]
+fn create_database_gives_distinct_usable_names() {
+    let a = old().create_database("rig_same");
+    let b = old().create_database("rig_same");
+    let c = new().create_database("Rig-Weird Prefix!");
+    assert_ne!(a, b);
+    assert!(c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'), "{c}");
+    let n = old().psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname IN ({}, {})", quote_literal(&a), quote_literal(&b)),
+    );
+    assert_eq!(n, "2");
+    // Test roles can create and use tables there.
+    for (user, pw) in TEST_ROLES {
+        let t = format!("t_{user}");
+        let out = old()
+            .psql_as(user, pw, &a, &format!("CREATE TABLE {t} (id int primary key); INSERT INTO {t} VALUES (1); SELECT count(*) FROM {t};"))
+            .unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(out, "1");
+    }
+    // Tables the superuser creates are usable by the test roles (default privileges).
+    old().psql(&b, "CREATE TABLE su_t (id serial primary key, v text)");
+    let out = old().psql_as(APP_USER, APP_PASSWORD, &b, "INSERT INTO su_t (v) VALUES ('x'); SELECT count(*) FROM su_t;").unwrap();
+    assert_eq!(out, "1");
+}
+
+#[test]
+fn auth_methods_per_role() {
+    for s in [old(), new()] {
+        let db = s.create_database("rig_auth");
+        for (user, pw) in TEST_ROLES.iter().chain([(SUPERUSER, SUPERUSER_PASSWORD)].iter()) {
+            let who = s.psql_as(user, pw, &db, "SELECT current_user").unwrap_or_else(|e| {
+                panic!("PG {}: {user} with its password: {e}", s.version)
+            });
+            assert_eq!(&who, user);
+            let wrong = s.psql_as(user, "wrong-password", &db, "SELECT 1");
+            if *user == TRUST_USER {
+                assert!(wrong.is_ok(), "PG {}: trust_user must not need a password: {wrong:?}", s.version);
+            } else {
+                let err = wrong.expect_err(&format!("PG {}: {user} logged in with a wrong password", s.version));
+                assert!(err.contains("password authentication failed"), "PG {}: {user}: {err}", s.version);
+            }
+        }
+        // How the passwords are stored.
+        let stored = s.psql(
+            "postgres",
+            "SELECT string_agg(rolname || '=' || split_part(rolpassword, '$', 1), ',' ORDER BY rolname) \
+             FROM pg_authid WHERE rolname IN ('app_user','md5_user','clear_user','postgres')",
+        );
+        let md5_hash = s.psql("postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'md5_user'");
+        assert!(md5_hash.starts_with("md5") && md5_hash.len() == 35, "PG {}: {md5_hash}", s.version);
+        assert_eq!(
+            stored,
+            format!("app_user=SCRAM-SHA-256,clear_user=SCRAM-SHA-256,md5_user={md5_hash},postgres=SCRAM-SHA-256"),
+            "PG {}",
+            s.version
+        );
+    }
+}
+
+#[test]
+fn urls_are_well_formed() {
+    let s = old();
+    assert_eq!(s.host(), "127.0.0.1");
+    assert_eq!(s.url("app_user", "p@ss word", "db1"), format!("postgres://app_user:p%40ss%20word@127.0.0.1:{}/db1", s.port));
+    assert_eq!(s.super_url("x"), format!("postgres://postgres:{}@127.0.0.1:{}/x", SUPERUSER_PASSWORD, s.port));
+    assert!(s.bin_dir().join("postgres").exists());
+    assert!(new().bin_dir().join("postgres").exists());
+    assert!(s.log_path().exists());
+}
+
+#[test]
+fn replication_old_to_new() {
+    let (o, n) = (old(), new());
+    let db = o.create_database("rig_repl");
+    o.psql(
+        &db,
+        "CREATE TABLE items (id bigint primary key, v text not null);
+         CREATE TABLE log (id bigserial primary key, msg text);
+         INSERT INTO items VALUES (1, 'before');
+         INSERT INTO log (msg) VALUES ('hello');",
+    );
+    let sub = setup_replication(o, n, &db);
+    assert_eq!(sub, subscription_name(&db));
+    // Initial copy done.
+    assert_eq!(n.psql(&db, "SELECT v FROM items WHERE id = 1"), "before");
+    assert_eq!(n.psql(&db, "SELECT count(*) FROM log"), "1");
+    // Slot exists on old under the subscription name.
+    assert_eq!(
+        o.psql(&db, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}", quote_literal(&sub))),
+        "1"
+    );
+    // A new commit on old shows up on new.
+    o.psql(&db, "INSERT INTO items VALUES (2, 'after')");
+    let t0 = Instant::now();
+    loop {
+        if n.psql(&db, "SELECT coalesce((SELECT v FROM items WHERE id = 2), '')") == "after" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "row not replicated within 10 s\nnew log:\n{}", n.log_tail(30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The test roles can read the replicated tables on new.
+    assert_eq!(n.psql_as(APP_USER, APP_PASSWORD, &db, "SELECT count(*) FROM items").unwrap(), "2");
+}
+
+#[test]
+fn two_databases_replicate_concurrently() {
+    let (o, n) = (old(), new());
+    let dbs: Vec<String> = (0..2).map(|_| o.create_database("rig_multi")).collect();
+    std::thread::scope(|scope| {
+        for db in &dbs {
+            scope.spawn(move || {
+                o.psql(db, "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 1000);");
+                setup_replication(o, n, db);
+                assert_eq!(n.psql(db, "SELECT count(*) FROM t"), "1000");
+            });
+        }
+    });
+}
+
+#[test]
+fn dedicated_server_stop_and_start_again() {
+    let s = start(15);
+    assert_eq!(s.version, 15);
+    assert_ne!(s.port, old().port);
+    let db = s.create_database("rig_dedicated");
+    s.psql(&db, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (42);");
+    assert!(s.is_running());
+    s.stop();
+    assert!(!s.is_running());
+    let err = s.psql_as(SUPERUSER, SUPERUSER_PASSWORD, &db, "SELECT 1").expect_err("server is stopped");
+    assert!(err.contains("onnection refused") || err.contains("could not connect"), "{err}");
+    s.start_again();
+    assert_eq!(s.psql(&db, "SELECT x FROM kept"), "42");
+    let dir = s.data_dir();
+    assert!(dir.exists());
+    drop(s);
+    assert!(!dir.exists(), "data dir {} not removed on drop", dir.display());
+}
+
+#[test]
+fn dedicated_18_server() {
+    let s = start(18);
+    assert_eq!(s.psql("postgres", "SELECT current_setting('server_version_num')::int / 10000"), "18");
+    s.stop_immediate();
+    s.start_again();
+    assert_eq!(s.psql("postgres", "SELECT 1"), "1");
+}
+
+#[test]
+#[should_panic(expected = "shared server")]
+fn stopping_a_shared_server_is_refused() {
+    old().stop();
+}
+
+#[test]
+fn psql_failure_panics_with_stderr() {
+    let r = std::panic::catch_unwind(|| old().psql("postgres", "SELECT * FROM no_such_table"));
+    let msg = match r {
+        Ok(out) => panic!("expected a panic, got {out}"),
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(msg.contains("no_such_table") && msg.contains("does not exist"), "{msg}");
+}
+
+#[test]
+fn pgbench_runs_and_parses() {
+    let s = old();
+    let db = s.create_database("rig_bench");
+    let port = s.port.to_string();
+    let conn = ["-h", "127.0.0.1", "-p", &port, "-U", APP_USER];
+    let env = [("PGPASSWORD", APP_PASSWORD)];
+    let mut init = conn.to_vec();
+    init.extend(["-i", "-s", "1", "-q", &db]);
+    pgbench(&init, &env).assert_success();
+    let mut run = conn.to_vec();
+    run.extend(["-c", "2", "-j", "2", "-t", "25", "-M", "prepared", &db]);
+    let r = pgbench(&run, &env);
+    r.assert_success();
+    assert_eq!(r.processed, 50, "{r}");
+    assert_eq!(r.failed, 0, "{r}");
+    assert!(r.tps > 0.0, "{r}");
+    assert_eq!(s.psql(&db, "SELECT count(*) FROM pgbench_history"), "50");
+    // A failing run keeps its output.
+    let bad = pgbench(&["-h", "127.0.0.1", "-p", &port, "-U", APP_USER, "-t", "1", "no_such_db"], &env);
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("no_such_db"), "{bad}");
+}
