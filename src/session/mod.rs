@@ -53,9 +53,17 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     let database = startup.database().to_string();
 
     // During a hold, new clients are authenticated but wait here for the server to use.
-    let role = tokio::select! {
-        role = shared.gate.wait_open() => role,
-        _ = shared.close_sessions.cancelled() => return,
+    let (role, connecting) = loop {
+        let entered = shared.registry.enter();
+        let gate = shared.gate.state();
+        if !gate.held {
+            break (gate.active, entered);
+        }
+        drop(entered);
+        tokio::select! {
+            _ = shared.gate.wait_open() => {}
+            _ = shared.close_sessions.cancelled() => return,
+        }
     };
     let Some(server) = shared.server(role) else { return };
     let password = shared.backend_password(&user, auth.client_password.as_deref());
@@ -76,6 +84,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
 
     let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, startup, backend_password: password });
+    drop(connecting);
     if let Ok(mut t) = handle.cancel_target.lock() {
         *t = Some(conn.cancel.clone());
     }

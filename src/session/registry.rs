@@ -95,6 +95,20 @@ pub struct Registry {
     by_id: DashMap<u64, Arc<SessionHandle>>,
     by_pid: DashMap<u32, Arc<SessionHandle>>,
     next_id: AtomicU64,
+    /// Every database a session has used since the proxy started: the cutover must prove
+    /// catch-up for each, even if its sessions have closed since.
+    databases_seen: DashMap<String, ()>,
+    /// Clients between the gate check and registration (see `Registry::enter`).
+    connecting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a client on its way from the gate to the registry; dropping it uncounts.
+pub struct Connecting<'a>(&'a Registry);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct NewSession {
@@ -104,9 +118,28 @@ pub struct NewSession {
 }
 
 impl Registry {
+    /// Announces a client about to connect to a server. The caller checks the gate *after*
+    /// this, and the cutover waits for `connecting() == 0` *after* holding the gate, so no
+    /// client can slip past a hold unseen.
+    pub fn enter(&self) -> Connecting<'_> {
+        self.connecting.fetch_add(1, Ordering::SeqCst);
+        Connecting(self)
+    }
+
+    pub fn connecting(&self) -> usize {
+        self.connecting.load(Ordering::SeqCst)
+    }
+
+    pub fn databases_seen(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.databases_seen.iter().map(|e| e.key().clone()).collect();
+        v.sort();
+        v
+    }
+
     pub fn register(&self, new: NewSession) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (commands, rx) = mpsc::unbounded_channel();
+        self.databases_seen.insert(new.startup.database().to_string(), ());
         let mut rng = rand::rngs::OsRng;
         loop {
             let key_pid = rng.next_u32() & 0x7fff_ffff;

@@ -1,0 +1,88 @@
+//! `SHOW SESSIONS`: one row per client session, with whether it could move right now.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::no_arguments;
+use crate::admin::reply::{AdminError, CommandResult, ResultSet};
+use crate::proxy::Shared;
+use crate::session::registry::{Command as SessionCommand, SessionHandle, Status};
+
+pub const COLUMNS: &[&str] = &["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move"];
+
+/// How long to give sessions to re-check what blocks a move. Probes are not acknowledged; an idle
+/// session answers within a round trip to its server, a busy one reports at its next pause.
+const PROBE_WAIT: Duration = Duration::from_millis(300);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShowSessions;
+
+impl ShowSessions {
+    pub fn parse(args: &[&str]) -> Result<Self, AdminError> {
+        no_arguments("SHOW SESSIONS", args)?;
+        Ok(ShowSessions)
+    }
+
+    pub async fn apply(self, shared: &Arc<Shared>) -> CommandResult {
+        request_probes(&shared.registry.all()).await;
+        let mut set = ResultSet::new(COLUMNS);
+        // Listed again after the wait: sessions that ended meanwhile drop out.
+        for handle in shared.registry.all() {
+            set.push(row(&handle, &handle.status()));
+        }
+        Ok(set)
+    }
+}
+
+async fn request_probes(sessions: &[Arc<SessionHandle>]) {
+    let probed = sessions.iter().filter(|handle| handle.commands.send(SessionCommand::Probe).is_ok()).count();
+    if probed > 0 {
+        tokio::time::sleep(PROBE_WAIT).await;
+    }
+}
+
+fn row(handle: &SessionHandle, status: &Status) -> [String; 10] {
+    [
+        handle.id.to_string(),
+        handle.client_addr.to_string(),
+        handle.user.clone(),
+        handle.database.clone(),
+        status.state.to_string(),
+        status.tx_status.to_string(),
+        status.server.to_string(),
+        handle.started.elapsed().as_secs().to_string(),
+        status.prepared.to_string(),
+        can_move(status),
+    ]
+}
+
+/// "yes", or "no: " and every reason it could not move now.
+pub fn can_move(status: &Status) -> String {
+    let mut reasons = Vec::new();
+    if status.tx_status != 'I' {
+        reasons.push("in transaction".to_string());
+    }
+    reasons.extend(status.blockers.iter().cloned());
+    if reasons.is_empty() {
+        "yes".into()
+    } else {
+        format!("no: {}", reasons.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn can_move_lists_every_reason() {
+        let idle = Status { tx_status: 'I', ..Default::default() };
+        assert_eq!(can_move(&idle), "yes");
+        let busy = Status { tx_status: 'T', ..Default::default() };
+        assert_eq!(can_move(&busy), "no: in transaction");
+        let blocked = Status { tx_status: 'E', blockers: vec!["temp tables".into(), "advisory locks".into()], ..Default::default() };
+        assert_eq!(can_move(&blocked), "no: in transaction, temp tables, advisory locks");
+        let held = Status { tx_status: 'I', blockers: vec!["WITH HOLD cursors".into()], ..Default::default() };
+        assert_eq!(can_move(&held), "no: WITH HOLD cursors");
+    }
+}

@@ -1,0 +1,356 @@
+//! Live cutover from Postgres 15 to Postgres 18 through the proxy, with real logical
+//! replication, real pgbench load and real clients.
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pgcutover::config::{Config, FileConfig, Overrides};
+use pgcutover::cutover::{self, CutoverError, CutoverOptions};
+use support::proxy::{RawConn, TestProxy};
+use support::{PgServer, HOST, SUPERUSER, SUPERUSER_PASSWORD};
+
+/// A proxy in front of `old` and `new` with trust auth for clients; logs into the servers as
+/// the superuser with the rig's password.
+fn proxy(old: &PgServer, new: &PgServer, file: FileConfig) -> TestProxy {
+    let overrides = Overrides {
+        listen: Some("127.0.0.1:0".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
+        old: Some(old.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
+        new: Some(new.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
+        auth: Some("trust".into()),
+        ..Default::default()
+    };
+    let config = Config::from_parts(file, &overrides).unwrap_or_else(|e| panic!("config: {e}"));
+    TestProxy::start(config)
+}
+
+/// Runs a cutover on the proxy's runtime, as the admin console does.
+fn run_cutover(proxy: &TestProxy, options: CutoverOptions) -> Result<Vec<cutover::ReportRow>, CutoverError> {
+    let shared = proxy.shared.clone();
+    proxy.block_on(async move { cutover::run(&shared, options).await })
+}
+
+fn report_text(rows: &[cutover::ReportRow]) -> String {
+    rows.iter().map(|r| format!("{:<40} {:<24} {}", r.item, r.value, r.detail)).collect::<Vec<_>>().join("\n")
+}
+
+fn pgbench_through(proxy: &TestProxy, db: &str, mode: &str, seconds: u32) -> support::PgbenchResult {
+    let port = proxy.port().to_string();
+    let duration = seconds.to_string();
+    support::pgbench(
+        &["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", &duration, "-M", mode, "-n", db],
+        &[],
+    )
+}
+
+/// Sums that must agree on a consistent pgbench database.
+fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
+    let line = server.psql(
+        db,
+        "SELECT (SELECT coalesce(sum(abalance),0) FROM pgbench_accounts) || ',' || (SELECT coalesce(sum(delta),0) FROM pgbench_history) \
+         || ',' || (SELECT coalesce(sum(tbalance),0) FROM pgbench_tellers) || ',' || (SELECT coalesce(sum(bbalance),0) FROM pgbench_branches) \
+         || ',' || (SELECT count(*) FROM pgbench_history)",
+    );
+    let v: Vec<i64> = line.split(',').map(|x| x.trim().parse().unwrap_or_else(|_| panic!("bad totals {line:?}"))).collect();
+    (v[0], v[1], v[2], v[3], v[4])
+}
+
+fn pgbench_cutover(mode: &str) {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database(&format!("cut_{mode}"));
+    let port = old.port.to_string();
+    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
+        .assert_success();
+    // A sequence that pgbench does not touch but the application uses through the proxy.
+    old.psql(&db, "CREATE SEQUENCE order_ids; CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)");
+    support::setup_replication(old, new, &db);
+    let proxy = proxy(old, new, FileConfig::default());
+    let mode_owned = mode.to_string();
+    let db_owned = db.clone();
+    let bench = {
+        let port = proxy.port();
+        thread::spawn(move || {
+            let p = port.to_string();
+            support::pgbench(
+                &["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", "7", "-M", &mode_owned, "-n", &db_owned],
+                &[],
+            )
+        })
+    };
+    // Use the sequences through the proxy before the cutover.
+    let proxy_url = proxy.url(SUPERUSER, "", &db);
+    let psql = |sql: &str| {
+        let out = support::proxy::run(
+            {
+                let mut c = support::proxy::client_tool("psql");
+                c.args(["-XAtq", "-v", "ON_ERROR_STOP=1", &proxy_url, "-c", sql]);
+                c
+            },
+            b"",
+        );
+        assert!(out.status.success(), "psql through the proxy failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql("SELECT nextval('order_ids') FROM generate_series(1, 41)");
+    psql("INSERT INTO orders (note) SELECT 'x' FROM generate_series(1, 17)");
+    thread::sleep(Duration::from_secs(2));
+    let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    let text = report_text(&report);
+    eprintln!("cutover report ({mode}):\n{text}");
+    // After the cutover, sequences continue on new without duplicates.
+    assert_eq!(psql("SELECT nextval('order_ids')"), "42", "sequence continues on new\n{text}");
+    psql("INSERT INTO orders (note) VALUES ('after')");
+    assert_eq!(psql("SELECT max(id) FROM orders"), "18");
+    assert!(psql("SHOW server_version").starts_with("18"), "new connections go to new");
+
+    let result = bench.join().expect("pgbench thread");
+    result.assert_success();
+    assert_eq!(result.failed, 0, "pgbench saw failed transactions:\n{result}");
+    assert!(result.processed > 0, "{result}");
+    assert!(result.stderr.is_empty() || !result.stderr.contains("ERROR"), "pgbench errors:\n{result}");
+
+    let (accounts, history, tellers, branches, count) = pgbench_totals(new, &db);
+    assert_eq!(accounts, history, "sum(abalance) = sum(delta) on new\n{text}");
+    assert_eq!(tellers, history, "sum(tbalance) = sum(delta) on new");
+    assert_eq!(branches, history, "sum(bbalance) = sum(delta) on new");
+    assert_eq!(count as u64, result.processed, "every committed transaction is on new\n{result}\n{text}");
+    // Every sequence on new is at least where it was on old.
+    let on_old = old.psql(&db, "SELECT string_agg(schemaname||'.'||sequencename||'='||coalesce(last_value,0), ',' ORDER BY 1) FROM pg_sequences");
+    for entry in on_old.split(',').filter(|e| !e.is_empty()) {
+        let (name, value) = entry.split_once('=').expect("seq=value");
+        let v_new: i64 = new.psql(&db, &format!("SELECT coalesce(last_value, 0) FROM pg_sequences WHERE schemaname||'.'||sequencename = '{name}'")).parse().expect("number");
+        assert!(v_new >= value.parse::<i64>().expect("number"), "sequence {name}: new {v_new} < old {value}");
+    }
+    let sub_enabled = new.psql(&db, "SELECT bool_and(subenabled) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())");
+    assert_eq!(sub_enabled, "f", "subscription disabled after the cutover");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn pgbench_prepared_cutover_loses_nothing() {
+    pgbench_cutover("prepared");
+}
+
+#[test]
+fn pgbench_simple_cutover_loses_nothing() {
+    pgbench_cutover("simple");
+}
+
+#[test]
+fn pgbench_extended_cutover_loses_nothing() {
+    pgbench_cutover("extended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_survives_the_move() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_state");
+    old.psql(&db, "CREATE SCHEMA app; CREATE TABLE app.items (id int PRIMARY KEY, name text); INSERT INTO app.items VALUES (1, 'one')");
+    support::setup_replication(old, new, &db);
+    let proxy = proxy(old, new, FileConfig::default());
+
+    let (client, mut messages) = proxy.connect_with_messages(SUPERUSER, "", &db).await.expect("connect through proxy");
+    client
+        .batch_execute("SET search_path = app, public; SET statement_timeout = '12345'; SET application_name = 'stays'; PREPARE double_it(int) AS SELECT $1 * 2; LISTEN moved_channel")
+        .await
+        .expect("session setup");
+    let named = client.prepare("SELECT name FROM items WHERE id = $1").await.expect("protocol-level prepare");
+    assert_eq!(client.query_one(&named, &[&1i32]).await.expect("query").get::<_, String>(0), "one");
+    let mut raw = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    assert!(raw.query_values("SHOW server_version")[0].starts_with("15"));
+
+    let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    let text = report_text(&report);
+
+    let version: String = client.query_one("SHOW server_version", &[]).await.expect("query").get(0);
+    assert!(version.starts_with("18"), "session is on new: {version}\n{text}");
+    assert_eq!(client.query_one("SHOW search_path", &[]).await.expect("query").get::<_, String>(0), "app, public");
+    assert_eq!(client.query_one("SHOW statement_timeout", &[]).await.expect("query").get::<_, String>(0), "12345ms");
+    assert_eq!(client.query_one("SELECT current_setting('application_name')", &[]).await.expect("query").get::<_, String>(0), "stays");
+    assert_eq!(client.query_one(&named, &[&1i32]).await.expect("prepared statement on new").get::<_, String>(0), "one");
+    let doubled = client.simple_query("EXECUTE double_it(21)").await.expect("SQL PREPARE survived");
+    let value = doubled.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("42"));
+
+    // LISTEN moved: a NOTIFY on new reaches the client.
+    new.psql(&db, "NOTIFY moved_channel, 'hello from 18'");
+    let note = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await.expect("notification in time").expect("channel open");
+        if let tokio_postgres::AsyncMessage::Notification(n) = message {
+            break (n.channel().to_string(), n.payload().to_string());
+        }
+    };
+    assert_eq!(note, ("moved_channel".to_string(), "hello from 18".to_string()));
+
+    // The raw client saw ParameterStatus server_version change to 18 before its next result.
+    let msgs = raw.simple_query("SELECT 1");
+    let reported = msgs.iter().find(|m| m.tag == b'S' && m.body.starts_with(b"server_version\0")).map(|m| String::from_utf8_lossy(&m.body).to_string());
+    assert!(reported.as_deref().is_some_and(|r| r.contains("\u{0}18")), "ParameterStatus server_version after move: {reported:?}");
+
+    // The cancel key the client got from the proxy cancels a statement on new.
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeper).await.expect("cancelled in time").expect("task").expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    proxy.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_drain");
+    old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)");
+    support::setup_replication(old, new, &db);
+    let proxy = proxy(old, new, FileConfig::default());
+
+    let sleeper = proxy.connect(SUPERUSER, "", &db).await.expect("connect");
+    let idle = proxy.connect(SUPERUSER, "", &db).await.expect("connect");
+    idle.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1").await.expect("open transaction");
+    let sleeper = Arc::new(sleeper);
+    let sleeping = {
+        let s = sleeper.clone();
+        tokio::spawn(async move { s.simple_query("SELECT pg_sleep(30)").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let options = CutoverOptions { drain_timeout: Some(Duration::from_millis(500)), ..Default::default() };
+    let proxy = Arc::new(proxy);
+    let report = {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || run_cutover(&proxy, options)).await.expect("join")
+    };
+    let report = report.unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    assert!(started.elapsed() < Duration::from_secs(10), "drain deadline respected");
+
+    let err = sleeping.await.expect("task").expect_err("long statement cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
+    let version: String = sleeper.query_one("SHOW server_version", &[]).await.expect("continues on new").get(0);
+    assert!(version.starts_with("18"), "{version}\n{}", report_text(&report));
+
+    let err = idle.batch_execute("UPDATE t SET v = v + 1 WHERE id = 1").await.expect_err("retryable error");
+    assert_eq!(err.code().map(|c| c.code()), Some("40001"), "{err}");
+    idle.batch_execute("ROLLBACK").await.expect("rollback after the retryable error");
+    idle.batch_execute("UPDATE t SET v = v + 1 WHERE id = 1").await.expect("retry on new");
+    assert_eq!(new.psql(&db, "SELECT v FROM t WHERE id = 1"), "1", "the rolled-back update did not happen, the retry did");
+    assert_eq!(old.psql(&db, "SELECT v FROM t WHERE id = 1"), "0");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn abort_when_new_is_down_keeps_pgbench_on_old() {
+    let old = support::old();
+    let new = support::start(18);
+    let db = old.create_database("cut_newdown");
+    let port = old.port.to_string();
+    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
+        .assert_success();
+    support::setup_replication(old, &new, &db);
+    let proxy = proxy(old, &new, FileConfig::default());
+    let bench = {
+        let port = proxy.port();
+        let db = db.clone();
+        thread::spawn(move || {
+            let p = port.to_string();
+            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "5", "-M", "prepared", "-n", &db], &[])
+        })
+    };
+    thread::sleep(Duration::from_secs(1));
+    new.stop_immediate();
+    let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("cutover must fail with new down");
+    assert!(matches!(err, CutoverError::Preflight(_)), "{err}");
+    assert!(err.to_string().contains("new"), "{err}");
+    let result = bench.join().expect("pgbench");
+    result.assert_success();
+    assert_eq!(result.failed, 0, "{result}");
+    assert!(result.processed > 0);
+    assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
+    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
+    assert_eq!(count, result.processed, "everything committed on old");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn abort_when_replication_stalls_resumes_on_old() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_stall");
+    let port = old.port.to_string();
+    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
+        .assert_success();
+    old.psql(&db, "CREATE TABLE blocker (id int PRIMARY KEY)");
+    support::setup_replication(old, new, &db);
+    // A row on new that the next insert on old collides with: the apply worker fails and
+    // retries, so replication stalls while the subscription stays enabled.
+    new.psql(&db, "INSERT INTO blocker VALUES (1)");
+    old.psql(&db, "INSERT INTO blocker VALUES (1)");
+    let proxy = proxy(old, new, FileConfig::default());
+    let bench = {
+        let port = proxy.port();
+        let db = db.clone();
+        thread::spawn(move || {
+            let p = port.to_string();
+            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "6", "-M", "prepared", "-n", &db], &[])
+        })
+    };
+    thread::sleep(Duration::from_secs(1));
+    let options = CutoverOptions { catchup_timeout: Some(Duration::from_millis(800)), ..Default::default() };
+    let err = run_cutover(&proxy, options).expect_err("catch-up cannot be proven");
+    assert!(matches!(&err, CutoverError::Aborted { phase, .. } if phase == "catch-up"), "{err}");
+    let result = bench.join().expect("pgbench");
+    result.assert_success();
+    assert_eq!(result.failed, 0, "{result}");
+    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
+    assert_eq!(count, result.processed, "everything committed on old");
+    assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
+    // Clear the conflict so this database's subscription does not spin for the rest of the run.
+    new.psql(&db, "DELETE FROM blocker");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn disabled_subscription_fails_the_preflight() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_disabled");
+    old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    let sub = support::setup_replication(old, new, &db);
+    new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    let proxy = proxy(old, new, FileConfig::default());
+    let mut raw = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("preflight must fail");
+    assert!(err.to_string().contains("subscription enabled"), "{err}");
+    assert!(raw.query_values("SHOW server_version")[0].starts_with("15"), "session untouched");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn a_second_cutover_is_refused_while_one_runs() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_twice");
+    old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
+    support::setup_replication(old, new, &db);
+    let proxy = proxy(old, new, FileConfig::default());
+    // An open transaction keeps the first cutover in its drain phase for the whole deadline.
+    let mut raw = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    raw.simple_query("BEGIN");
+    let proxy = Arc::new(proxy);
+    let first = {
+        let proxy = proxy.clone();
+        thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(2)), ..Default::default() }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let second = run_cutover(&proxy, CutoverOptions::default()).expect_err("second cutover refused");
+    assert!(matches!(second, CutoverError::AlreadyRunning), "{second}");
+    assert_eq!(second.sqlstate(), "55006");
+    first.join().expect("first cutover thread").expect("first cutover completes");
+    proxy.assert_no_panics();
+}

@@ -1,0 +1,420 @@
+//! Robustness: limits, malformed input, unreachable or dying servers, configuration errors,
+//! the command line and the metrics endpoint. Each bad case also checks that another session
+//! on the same proxy keeps working.
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use support::proxy::{self, expect_fatal, query_frame, startup_packet, RawConn, TestProxy, PROTOCOL_3_0};
+use support::*;
+use tokio_postgres::error::SqlState;
+
+/// A session that must keep working while other connections misbehave.
+struct Witness {
+    conn: RawConn,
+    n: u64,
+}
+
+impl Witness {
+    fn open(proxy: &TestProxy, db: &str) -> Witness {
+        let mut conn = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, db);
+        assert_eq!(conn.query_values("SELECT 'witness'"), vec!["witness"]);
+        Witness { conn, n: 0 }
+    }
+
+    fn check(&mut self) {
+        self.n += 1;
+        let got = self.conn.query_values(&format!("SELECT {} + 1", self.n));
+        assert_eq!(got, vec![(self.n + 1).to_string()], "the witness session broke");
+    }
+}
+
+fn open_witness(db: &str, proxy: &TestProxy) -> Witness {
+    Witness::open(proxy, db)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[tokio::test]
+async fn max_clients_refuses_the_extra_client_with_53300() {
+    let db = old().create_database("pl_maxclients");
+    let proxy = proxy::for_server(old()).max_clients(2).start();
+    let a = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let b = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.err().expect("third client accepted");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    assert!(err.as_db_error().unwrap().message().contains("too many clients"), "{err:?}");
+    // The two sessions keep working.
+    assert_eq!(a.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(b.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
+    // A slot frees up when a session ends.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let c = loop {
+        match proxy.connect(APP_USER, APP_PASSWORD, &db).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot not freed after a session ended: {e:?}"),
+        }
+    };
+    assert_eq!(c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
+    assert_eq!(a.query_one("SELECT 4", &[]).await.unwrap().get::<_, i32>(0), 4);
+    assert_eq!(proxy.metrics().matches("reason=\"too_many_clients\"} ").count(), 1, "rejection metric");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn oversized_message_gets_08p01_and_close() {
+    const LIMIT: usize = 1 << 20;
+    let db = old().create_database("pl_maxmsg");
+    let proxy = proxy::for_server(old()).max_message_size(LIMIT).start();
+    let mut witness = open_witness(&db, &proxy);
+
+    // Just under the limit passes.
+    let mut ok = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    let sql = format!("SELECT length('{}')", "x".repeat(LIMIT - 100));
+    assert!(query_frame(&sql).len() - 1 <= LIMIT);
+    assert_eq!(ok.query_values(&sql), vec![(LIMIT - 100).to_string()]);
+
+    // A 2 MiB Query after a successful startup: FATAL 08P01, then the proxy closes.
+    let mut bad = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    let frame = query_frame(&format!("SELECT '{}'", "y".repeat(2 << 20)));
+    let mut writer = bad.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        // The proxy may close before reading it all; write errors are expected then.
+        let _ = writer.write_all(&frame);
+    });
+    let (msgs, closed) = bad.read_until_closed(Duration::from_secs(10));
+    let f = expect_fatal(&msgs, "08P01");
+    assert!(f[&'M'].contains("exceeds"), "{f:?}");
+    assert!(closed, "connection left open after an oversized message");
+    sender.join().unwrap();
+
+    witness.check();
+    assert_eq!(ok.query_values("SELECT 'still fine'"), vec!["still fine"]);
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn malformed_startup_packets_get_08p01() {
+    let db = old().create_database("pl_badstartup");
+    let proxy = proxy::for_server(old()).start();
+    let mut witness = open_witness(&db, &proxy);
+
+    let mut no_user = startup_packet(PROTOCOL_3_0, &[("database", "x")]);
+    let mut unterminated = startup_packet(PROTOCOL_3_0, &[("user", APP_USER)]);
+    unterminated.truncate(unterminated.len() - 2);
+    let len = unterminated.len() as u32;
+    unterminated[..4].copy_from_slice(&len.to_be_bytes());
+    no_user.shrink_to_fit();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("length too small", vec![0, 0, 0, 3, 0, 3, 0, 0]),
+        ("length huge", vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0, b'u']),
+        ("unknown protocol code", startup_packet(1234, &[("user", APP_USER)])),
+        ("protocol 2.0", startup_packet(2 << 16, &[("user", APP_USER)])),
+        ("protocol 4.0", startup_packet(4 << 16, &[("user", APP_USER)])),
+        ("no user", no_user),
+        ("unterminated parameters", unterminated),
+        ("HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+    ];
+    for (what, bytes) in cases {
+        let mut c = RawConn::connect(proxy.addr);
+        c.send(&bytes).unwrap();
+        let (msgs, closed) = c.read_until_closed(Duration::from_secs(5));
+        let f = expect_fatal(&msgs, "08P01");
+        assert!(f[&'M'].contains("invalid startup packet"), "{what}: {f:?}");
+        assert!(closed, "{what}: connection left open");
+        witness.check();
+    }
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn startup_timeout_closes_silent_connections() {
+    let db = old().create_database("pl_timeout");
+    let proxy = proxy::for_server(old()).startup_timeout("1s").start();
+    let mut witness = open_witness(&db, &proxy);
+    let started = Instant::now();
+    // Nothing at all; half a startup packet; a startup packet but no password.
+    let mut silent = RawConn::connect(proxy.addr);
+    let mut partial = RawConn::connect(proxy.addr);
+    partial.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER)])[..6]).unwrap();
+    let mut no_password = RawConn::connect(proxy.addr);
+    no_password.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
+    for (what, c) in [("silent", &mut silent), ("partial", &mut partial), ("no password", &mut no_password)] {
+        let (msgs, closed) = c.read_until_closed(Duration::from_secs(6));
+        assert!(closed, "{what}: still open after {:?}", started.elapsed());
+        assert!(msgs.iter().all(|m| m.tag != b'Z'), "{what}: {msgs:?}");
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "closed after {elapsed:?}");
+    witness.check();
+    // The witness outlived the startup timeout: it applies to the startup only.
+    std::thread::sleep(Duration::from_millis(200));
+    witness.check();
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn wrong_password_gets_28p01() {
+    let db = old().create_database("pl_wrongpw");
+    let proxy = proxy::for_server(old()).start();
+    let mut witness = open_witness(&db, &proxy);
+    let mut c = RawConn::connect(proxy.addr);
+    c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
+    let (_, seen) = c.authenticate("wrong-password").err().expect("wrong password accepted");
+    expect_fatal(&seen, "28P01");
+    let (_, closed) = c.read_until_closed(Duration::from_secs(5));
+    assert!(closed);
+    witness.check();
+    let failures = proxy.metric("pgcutover_auth_failures_total");
+    assert_eq!(failures, Some(1.0));
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn unreachable_server_gets_08006_naming_the_address() {
+    let port = proxy::closed_port();
+    let url = format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres");
+    let proxy = proxy::ProxyBuilder::new(url).start();
+    let rt = rt();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, "postgres")).err().expect("connected to nothing");
+        assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.severity(), "FATAL");
+        assert!(db.message().contains(&format!("127.0.0.1:{port}")), "{}", db.message());
+        assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    }
+    // The proxy itself is fine: metrics answer and count the errors.
+    let metrics = proxy.metrics();
+    assert!(metrics.contains("pgcutover_errors_total{class=\"08\"} 2"), "{metrics}");
+    proxy.assert_no_panics();
+}
+
+/// The server goes away under an open session: the client gets an error and the connection
+/// closes; the proxy keeps accepting and serves again once the server is back.
+#[test]
+fn server_dying_mid_session() {
+    let server = support::start(15);
+    let db = server.create_database("pl_dies");
+    let proxy = proxy::for_server(&server).start();
+    let mut victim = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(victim.query_values("SELECT 'alive'"), vec!["alive"]);
+    let mut busy = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    busy.send(&query_frame("SELECT pg_sleep(30)")).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.stop_immediate();
+    let started = Instant::now();
+    for (what, c) in [("idle", &mut victim), ("busy", &mut busy)] {
+        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let errors: Vec<_> = msgs.iter().filter(|m| m.tag == b'E').map(|m| m.fields()).collect();
+        assert!(
+            errors.iter().any(|f| f.get(&'S').map(String::as_str) == Some("FATAL")),
+            "{what}: no FATAL before the close: {errors:?}"
+        );
+        assert!(closed, "{what}: connection not closed");
+        // The proxy's own word on it, naming the server.
+        let lost = expect_fatal(&msgs, "08006");
+        assert!(lost[&'M'].contains("server connection lost"), "{what}: {lost:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Still accepting: a new client gets a clear 08006 while the server is down...
+    let rt = rt();
+    let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).err().expect("connected to a stopped server");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
+    // ...and a working session once it is back.
+    server.start_again();
+    let mut again = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(again.query_values("SELECT 'back'"), vec!["back"]);
+    assert_eq!(proxy.shared.registry.len(), 1, "sessions of the dead server still registered");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn random_bytes_do_not_hurt_the_proxy() {
+    let db = old().create_database("pl_random");
+    let proxy = proxy::for_server(old()).start();
+    let mut witness = open_witness(&db, &proxy);
+    let mut rng = rand::thread_rng();
+    let mut threads = Vec::new();
+    for i in 0..12 {
+        let mut noise = vec![0u8; 4096 + (rng.next_u32() % 4096) as usize];
+        rng.fill_bytes(&mut noise);
+        let addr = proxy.addr;
+        let db = db.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut c = match i % 4 {
+                // Pure noise.
+                0 => RawConn::connect(addr),
+                // A plausible startup length, then noise.
+                1 => {
+                    let mut c = RawConn::connect(addr);
+                    let _ = c.send(&[0, 0, 0, 64, 0, 3, 0, 0]);
+                    c
+                }
+                // SSLRequest (declined), then noise.
+                2 => {
+                    let mut c = RawConn::connect(addr);
+                    let _ = c.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+                    assert_eq!(c.recv_byte().unwrap(), b'N');
+                    c
+                }
+                // Logged in, then noise as "frames".
+                _ => RawConn::login(addr, APP_USER, APP_PASSWORD, &db),
+            };
+            let _ = c.send(&noise);
+            let (_, closed) = c.read_until_closed(Duration::from_secs(10));
+            closed
+        }));
+    }
+    let closed = threads.into_iter().map(|t| t.join().unwrap()).filter(|&c| c).count();
+    // Noise before the startup ends in a refusal; noise after login is either refused by the
+    // proxy (bad frame) or by the server. Anything left open must still be usable or closed by
+    // the startup timeout; we only require the proxy to be unharmed.
+    assert!(closed >= 6, "only {closed} of 12 noisy connections were closed");
+    witness.check();
+    let mut fresh = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(fresh.query_values("SELECT 'fresh'"), vec!["fresh"]);
+    proxy.assert_no_panics();
+}
+
+// ------------------------------------------------------------------------------------------------
+// The binary: configuration errors and help
+// ------------------------------------------------------------------------------------------------
+
+fn pgcutover() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgcutover"));
+    c.env_remove("PGCUTOVER_LOG");
+    c
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:1/postgres");
+    let cases = [
+        ("unknown key", format!("listen = \"127.0.0.1:0\"\nlisten_adress = \"x\"\n[old]\nurl = \"{url}\"\n"), "listen_adress"),
+        ("wrong type", format!("max_clients = \"many\"\n[old]\nurl = \"{url}\"\n"), "max_clients"),
+        ("bad auth", format!("auth = \"kerberos\"\n[old]\nurl = \"{url}\"\n"), "auth"),
+        ("bad old url", "auth = \"trust\"\n[old]\nurl = \"mysql://x\"\n".to_string(), "old.url"),
+        ("bad duration", format!("auth = \"trust\"\nstartup_timeout = \"soon\"\n[old]\nurl = \"{url}\"\n"), "startup_timeout"),
+        ("bad listen", format!("auth = \"trust\"\nlisten = \"nowhere\"\n[old]\nurl = \"{url}\"\n"), "listen"),
+        ("user without credential", format!("[old]\nurl = \"{url}\"\n[[users]]\nname = \"u\"\n"), "users[0]"),
+    ];
+    for (what, text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = pgcutover().arg("serve").arg("--config").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: exit {:?}, stderr {stderr}", out.status);
+        assert!(stderr.contains(key), "{what}: stderr does not name {key:?}: {stderr}");
+        assert!(!stderr.contains(SUPERUSER_PASSWORD), "{what}: stderr shows a password: {stderr}");
+    }
+    // A missing file is a config error too.
+    let out = pgcutover().args(["serve", "--config", "/nonexistent/pgcutover.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // Flags override the file and are checked the same way.
+    let out = pgcutover().args(["serve", "--auth", "trust", "--old", "postgres://u@h:1/d", "--listen", "bad"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+}
+
+#[test]
+fn help_mentions_every_option() {
+    let out = pgcutover().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "admin"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let out = pgcutover().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--config",
+        "--listen",
+        "--old",
+        "--new",
+        "--admin-listen",
+        "--admin-socket",
+        "--metrics-listen",
+        "--auth",
+        "--max-clients",
+        "--tls-cert",
+        "--tls-key",
+    ] {
+        assert!(text.contains(option), "serve --help lacks {option}:\n{text}");
+    }
+    let out = pgcutover().args(["admin", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for option in ["--addr", "--user", "--password"] {
+        assert!(text.contains(option), "admin --help lacks {option}:\n{text}");
+    }
+    let out = pgcutover().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    // An unknown flag is a usage error (exit 2).
+    let out = pgcutover().args(["serve", "--no-such-flag"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Metrics
+// ------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_endpoint_counts_and_hides_passwords() {
+    let db = old().create_database("pl_metrics");
+    let proxy = proxy::for_server(old()).start();
+    let client = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    for i in 0..5 {
+        let msgs = client.simple_query(&format!("SELECT {i}")).await.unwrap();
+        assert_eq!(msgs.len(), 3);
+    }
+    client.batch_execute("BEGIN; SELECT 1; SELECT 2; COMMIT").await.unwrap();
+    let _ = proxy.connect(APP_USER, "wrong", &db).await.err().expect("wrong password accepted");
+    let _ = client.simple_query("SELECT 1/0").await.err().expect("division by zero");
+
+    let text = proxy.metrics();
+    let value = |name: &str| proxy::metric_value(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    assert_eq!(value("pgcutover_client_connections"), 1.0);
+    assert_eq!(value("pgcutover_transactions_total"), 7.0, "5 selects, 1 transaction block, 1 failed query\n{text}");
+    assert_eq!(value("pgcutover_queries_total"), 7.0);
+    assert_eq!(value("pgcutover_auth_failures_total"), 1.0);
+    assert!(value("pgcutover_client_bytes_received_total") > 0.0);
+    assert!(value("pgcutover_client_bytes_sent_total") > 0.0);
+    for name in [
+        "pgcutover_server_connections{server=\"old\"} 1",
+        "pgcutover_errors_total{class=\"22\"} 1",
+        "# TYPE pgcutover_session_held_seconds histogram",
+    ] {
+        assert!(text.contains(name), "metrics lack {name}:\n{text}");
+    }
+    for (_, pw) in TEST_ROLES.iter().chain([&(SUPERUSER, SUPERUSER_PASSWORD)]) {
+        assert!(!text.contains(pw), "metrics contain a password");
+    }
+    let (status, _) = proxy.http_get("/secret");
+    assert!(status.contains("404"), "{status}");
+
+    // The session's end shows.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("pgcutover_client_connections") != Some(0.0) {
+        assert!(Instant::now() < deadline, "client_connections did not drop to 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.assert_no_panics();
+}
