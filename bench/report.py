@@ -100,7 +100,7 @@ def main():
     mem = read_tsv(a.memory)
     if mem:
         w("")
-        w("Memory per idle client session (fresh proxy process, sessions opened with bench/idle_sessions.py, "
+        w("Memory per idle client session (fresh proxy process, sessions opened with bench/pgclient.py, "
           "each holding its server connection):")
         w("")
         w("| proxy | sessions | VmRSS before → after (KiB) | VmRSS KiB / session | Pss before → after (KiB) | Pss KiB / session |")

@@ -14,7 +14,7 @@
 # machine affects all three alike. Each proxy's CPU time is utime+stime of its process from
 # /proc/<pid>/stat (all threads) before/after each pgbench run, divided by the transactions.
 # Then memory per idle session: a fresh pgcutover and a fresh PgBouncer each get
-# $BENCH_IDLE_SESSIONS idle sessions (bench/idle_sessions.py: raw protocol, no libpq); VmRSS and
+# $BENCH_IDLE_SESSIONS idle sessions (bench/pgclient.py: raw protocol, no libpq); VmRSS and
 # Pss before/after, divided by the sessions.
 #
 # Not part of the test suite. Environment:
@@ -194,7 +194,7 @@ if [ "$BENCH_IDLE_SESSIONS" -gt 0 ]; then
         if [ "$t" = pgcutover ]; then start_pgcutover mem-pgcutover; else start_pgbouncer mem-pgbouncer; fi
         sleep 1
         say "memory: $BENCH_IDLE_SESSIONS idle sessions through a fresh $t (pid $PROXY_PID)"
-        out="$(python3 "$REPO/bench/idle_sessions.py" measure --port "$PROXY_PORT" --count "$BENCH_IDLE_SESSIONS" --pid "$PROXY_PID")" \
+        out="$(python3 "$REPO/bench/pgclient.py" measure --port "$PROXY_PORT" --count "$BENCH_IDLE_SESSIONS" --pid "$PROXY_PID")" \
             || { echo "$out" >&2; die "idle-session measurement via $t failed"; }
         echo "$out" | sed 's/^/  /' >&2
         result="$(echo "$out" | sed -n 's/^RESULT //p')"

@@ -295,6 +295,8 @@ pgl_destroy() {
     local keep=() s
     for s in "${PGL_SERVERS[@]}"; do [ "$s" = "$name" ] || keep+=("$s"); done
     PGL_SERVERS=("${keep[@]}")
+    # A later pgl_start NAME picks a fresh port.
+    unset "PGL_PORT_$name" "PGL_PID_$name" "PGL_DIR_$name"
 }
 
 # pgl_url NAME [DB] -> postgres://postgres@127.0.0.1:PORT/DB

@@ -76,12 +76,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let Ok((mut socket, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut request = vec![0u8; 2048];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+            // Read the whole request head: a client may send it in several segments, and
+            // closing with unread bytes would reset the connection before the response arrives.
+            let mut request = Vec::with_capacity(1024);
+            let read_head = async {
+                let mut chunk = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
             };
-            let head = String::from_utf8_lossy(&request[..n]);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await.is_err() || request.is_empty() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&request);
             let (status, body) = if head.starts_with("GET /metrics") {
                 ("200 OK", metrics.render())
             } else {

@@ -354,3 +354,161 @@ fn a_second_cutover_is_refused_while_one_runs() {
     first.join().expect("first cutover thread").expect("first cutover completes");
     proxy.assert_no_panics();
 }
+
+fn replicated_db(old: &PgServer, new: &PgServer, prefix: &str) -> String {
+    let db = old.create_database(prefix);
+    old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)");
+    support::setup_replication(old, new, &db);
+    db
+}
+
+fn file_with(f: impl FnOnce(&mut pgcutover::config::FileCutover)) -> FileConfig {
+    let mut cutover = pgcutover::config::FileCutover::default();
+    f(&mut cutover);
+    FileConfig { cutover: Some(cutover), ..Default::default() }
+}
+
+#[test]
+fn sessions_holding_temp_tables_are_closed_with_a_clear_fatal() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_temp");
+    let proxy = proxy(old, new, FileConfig::default());
+    let mut pinned = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    pinned.simple_query("CREATE TEMP TABLE scratch (x int)");
+    let mut plain = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    let (msgs, closed) = pinned.read_until_closed(Duration::from_secs(5));
+    let fatal = support::proxy::expect_fatal(&msgs, "57P01");
+    assert!(fatal.get(&'M').is_some_and(|m| m.contains("temporary tables")), "{fatal:?}");
+    assert!(closed, "the pinned session is closed");
+    assert!(plain.query_values("SHOW server_version")[0].starts_with("18"), "{}", report_text(&report));
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn unmovable_sessions_can_abort_the_cutover_instead() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_temp_abort");
+    let proxy = proxy(old, new, file_with(|c| c.unmovable_sessions = Some("abort".into())));
+    let mut pinned = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    pinned.simple_query("SELECT pg_advisory_lock(42)");
+    let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("cutover aborts");
+    assert!(err.to_string().contains("advisory"), "{err}");
+    assert!(pinned.query_values("SHOW server_version")[0].starts_with("15"), "session continues on old");
+    assert_eq!(pinned.query_values("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"), vec!["1"]);
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn idle_transaction_policy_terminate_closes_with_57p01() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_terminate");
+    let proxy = proxy(old, new, file_with(|c| c.idle_in_transaction = Some("terminate".into())));
+    let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    idle.simple_query("BEGIN; UPDATE t SET v = 5 WHERE id = 1");
+    let options = CutoverOptions { drain_timeout: Some(Duration::from_millis(300)), ..Default::default() };
+    run_cutover(&proxy, options).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    let (msgs, closed) = idle.read_until_closed(Duration::from_secs(5));
+    support::proxy::expect_fatal(&msgs, "57P01");
+    assert!(closed);
+    assert_eq!(new.psql(&db, "SELECT v FROM t"), "0", "the idle transaction was rolled back, not applied");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn idle_transaction_policy_abort_keeps_everything_on_old() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_idle_abort");
+    let proxy = proxy(old, new, FileConfig::default());
+    let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    idle.simple_query("BEGIN; UPDATE t SET v = 7 WHERE id = 1");
+    let options = CutoverOptions {
+        drain_timeout: Some(Duration::from_millis(300)),
+        idle_in_transaction: Some(pgcutover::config::IdleInTransaction::Abort),
+        ..Default::default()
+    };
+    let err = run_cutover(&proxy, options).expect_err("cutover aborts");
+    assert!(matches!(err, CutoverError::Aborted { .. }), "{err}");
+    // The transaction is intact on old and commits there.
+    idle.simple_query("COMMIT");
+    assert_eq!(idle.query_values("SELECT v FROM t"), vec!["7"]);
+    assert!(idle.query_values("SHOW server_version")[0].starts_with("15"));
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn clients_connecting_during_the_hold_wait_and_land_on_new() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_latecomer");
+    let proxy = Arc::new(proxy(old, new, FileConfig::default()));
+    // An open transaction keeps the hold up for the drain deadline.
+    let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    idle.simple_query("BEGIN; SELECT 1");
+    let cut = {
+        let proxy = proxy.clone();
+        thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_millis(1500)), ..Default::default() }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.shared.gate.state().held && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(proxy.shared.gate.state().held, "the cutover holds");
+    let started = Instant::now();
+    let mut late = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    let waited = started.elapsed();
+    cut.join().expect("cutover thread").unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    assert!(waited >= Duration::from_millis(500), "the new client waited for the hold ({waited:?})");
+    assert!(late.query_values("SHOW server_version")[0].starts_with("18"));
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn abort_command_during_the_hold_resumes_sessions_without_errors() {
+    let (old, new) = (support::old(), support::new());
+    let db = replicated_db(old, new, "cut_abortcmd");
+    let proxy = Arc::new(proxy(old, new, FileConfig::default()));
+    let mut busy = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    busy.simple_query("BEGIN; UPDATE t SET v = 1 WHERE id = 1");
+    let mut waiting = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    let cut = {
+        let proxy = proxy.clone();
+        thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(5)), ..Default::default() }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // This query is held by the proxy until the abort releases it.
+    let query = thread::spawn(move || {
+        let values = waiting.query_values("SELECT v FROM t");
+        (values, waiting)
+    });
+    thread::sleep(Duration::from_millis(200));
+    assert!(cutover::abort(&proxy.shared), "abort accepted");
+    let err = cut.join().expect("cutover thread").expect_err("aborted");
+    assert!(matches!(err, CutoverError::Aborted { .. }), "{err}");
+    let (values, mut waiting) = query.join().expect("held query");
+    assert_eq!(values, vec!["0"], "the held query ran on old after the abort");
+    busy.simple_query("COMMIT");
+    assert!(waiting.query_values("SHOW server_version")[0].starts_with("15"));
+    assert!(!cutover::abort(&proxy.shared), "no cutover runs any more");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn fence_old_makes_old_read_only_at_the_switch() {
+    let old = support::start(15);
+    let new = support::new();
+    let db = replicated_db(&old, new, "cut_fence");
+    let proxy = proxy(&old, new, FileConfig::default());
+    let mut session = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    session.simple_query("UPDATE t SET v = 3");
+    let options = CutoverOptions { fence_old: Some(true), ..Default::default() };
+    let report = run_cutover(&proxy, options).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    assert!(session.query_values("SHOW server_version")[0].starts_with("18"), "{}", report_text(&report));
+    // A write straight to old now fails: old is fenced.
+    let direct = old.psql_as(SUPERUSER, SUPERUSER_PASSWORD, &db, "INSERT INTO t VALUES (2, 2)");
+    assert!(direct.as_ref().is_err_and(|e| e.contains("read-only")), "{direct:?}");
+    assert_eq!(new.psql(&db, "SELECT v FROM t WHERE id = 1"), "3");
+    proxy.assert_no_panics();
+}

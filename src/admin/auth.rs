@@ -276,10 +276,8 @@ mod tests {
     }
 
     fn auth(password: Option<&str>, transport: Transport) -> AdminAuth {
-        let credentials = AdminCredentials {
-            user: "admin".into(),
-            verifier: password.map(|_| Arc::new(Verifier::never_matching(vec![1; 16], SCRAM_ITERATIONS))),
-        };
+        let credentials =
+            AdminCredentials { user: "admin".into(), verifier: password.map(|_| Arc::new(Verifier::never_matching(vec![1; 16], SCRAM_ITERATIONS))) };
         AdminAuth::new(credentials, transport)
     }
 

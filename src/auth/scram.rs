@@ -603,7 +603,7 @@ impl ScramClient {
         };
         // Remaining attributes are optional extensions (RFC 5802); ignored.
 
-        let salted = salted_password(&self.password, &salt, iterations);
+        let salted = cached_salted_password(&self.password, &salt, iterations);
         let client_key = client_key_from_salted(&salted);
         let stored_key = sha256(&client_key);
         let server_key = server_key_from_salted(&salted);
@@ -643,6 +643,39 @@ impl ScramClient {
             Err(ScramError::InvalidServerSignature)
         }
     }
+}
+
+/// PBKDF2 with 4096 rounds costs milliseconds of CPU, and a server's salt for a role does not
+/// change: remember SaltedPassword per (password, salt, iterations) so that the proxy's many
+/// logins to the same server (every client connection, every cutover pre-warm) pay it once.
+/// Keys are hashes; the values are as sensitive as the passwords the proxy holds anyway and
+/// never leave memory. Bounded to stay small.
+fn cached_salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], [u8; 32]>>> = OnceLock::new();
+    const MAX_ENTRIES: usize = 4096;
+    let key = {
+        let mut h = Sha256::new();
+        h.update(password.as_bytes());
+        h.update([0]);
+        h.update(salt);
+        h.update(iterations.to_be_bytes());
+        let out: [u8; 32] = h.finalize().into();
+        out
+    };
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+        return hit;
+    }
+    let salted = salted_password(password, salt, iterations);
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= MAX_ENTRIES {
+            c.clear();
+        }
+        c.insert(key, salted);
+    }
+    salted
 }
 
 impl fmt::Debug for ScramClient {

@@ -53,15 +53,24 @@ pub async fn install(old: &Client, new: &Client, subscription: &str, publication
     Ok(())
 }
 
-/// Writes a fresh token on old (autocommit) and returns it with the LSN just after its commit.
+/// Writes a fresh token on old and returns it with the LSN just after its commit. One round
+/// trip; `READ WRITE` because a fenced old refuses writes by default.
 pub async fn write(old: &Client) -> Result<(String, String), ControlError> {
     let token = format!("{:032x}", rand::random::<u128>());
-    old.execute(
-        "INSERT INTO pgcutover.sentinel (id, token) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now()",
-        &[&token],
-    )
-    .await?;
-    let lsn: String = old.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let sql = format!(
+        "BEGIN READ WRITE; \
+         INSERT INTO pgcutover.sentinel (id, token) VALUES (1, '{token}') ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now(); \
+         COMMIT; SELECT pg_catalog.pg_current_wal_lsn()::text"
+    );
+    let lsn = old
+        .simple_query(&sql)
+        .await?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| ControlError::Query("no LSN after the sentinel commit".into()))?;
     Ok((token, lsn))
 }
 
@@ -87,6 +96,15 @@ pub async fn wait_applied(new: &Client, token: &str, timeout: Duration, abort: &
 
 /// Makes old refuse writes in new transactions (`fence_old`).
 pub async fn fence(old: &Client) -> Result<(), ControlError> {
-    old.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on; SELECT pg_catalog.pg_reload_conf()").await?;
+    // ALTER SYSTEM refuses to run inside a (multi-statement) transaction: two round trips.
+    old.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await?;
+    old.batch_execute("SELECT pg_catalog.pg_reload_conf()").await?;
+    Ok(())
+}
+
+/// Undoes [`fence`] (an aborted cutover).
+pub async fn unfence(old: &Client) -> Result<(), ControlError> {
+    old.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await?;
+    old.batch_execute("SELECT pg_catalog.pg_reload_conf()").await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::IdleInTransaction;
 use crate::proxy::Shared;
 use crate::session::registry::{Command, Park, SessionHandle};
 
@@ -32,14 +33,14 @@ async fn wait_settled(shared: &Shared, deadline: Instant, aborted: &(dyn Fn() ->
 }
 
 /// Holds the gate (the caller has set it) and drains. Err when sessions stay busy.
-pub async fn run(shared: &Arc<Shared>, drain_timeout: Duration, aborted: &(dyn Fn() -> bool + Sync)) -> Result<Drained, String> {
+pub async fn run(shared: &Arc<Shared>, drain_timeout: Duration, idle_in_transaction: IdleInTransaction, aborted: &(dyn Fn() -> bool + Sync)) -> Result<Drained, String> {
     let sessions = wait_settled(shared, Instant::now() + drain_timeout, aborted).await;
     if aborted() {
         return Err("abort requested".into());
     }
     let busy: Vec<_> = sessions.iter().filter(|h| !settled(h)).cloned().collect();
     for handle in &busy {
-        let _ = handle.commands.send(Command::Interrupt);
+        let _ = handle.commands.send(Command::Interrupt { idle_in_transaction });
     }
     let interrupted = busy.len();
     if interrupted > 0 {

@@ -149,7 +149,8 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         resume_on_old(shared);
         CutoverError::Aborted { phase: phase.to_string(), reason }
     };
-    let drained = match drain::run(shared, drain_timeout, &aborted).await {
+    let idle_policy = options.idle_in_transaction.unwrap_or(config.idle_in_transaction);
+    let drained = match drain::run(shared, drain_timeout, idle_policy, &aborted).await {
         Ok(d) => d,
         Err(reason) => return Err(abort("drain", reason)),
     };
@@ -157,8 +158,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     for handle in &drained.sessions {
         let park = handle.park.borrow().clone();
         if let Park::Unmovable(reason) = park {
-            let idle_abort = options.idle_in_transaction.unwrap_or(config.idle_in_transaction) == IdleInTransaction::Abort
-                && reason.contains("idle in transaction");
+            let idle_abort = idle_policy == IdleInTransaction::Abort && reason.contains("idle in transaction");
             if idle_abort || config.unmovable_sessions == UnmovablePolicy::Abort {
                 return Err(abort("drain", format!("session {} cannot move: {reason}", handle.id)));
             }
@@ -186,13 +186,34 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         .iter()
         .filter_map(|h| h.cancel_target.lock().ok().and_then(|t| t.as_ref().map(|t| t.pid as i32)))
         .collect();
+    // The proof and the sequence copy are independent: run them side by side to keep the
+    // hold short. Both read old only after every session through the proxy is idle.
     let proofs = join_all(links.iter().map(|link| async {
         let foreign = replication::foreign_connections(&link.old, &proxy_pids).await.unwrap_or(0);
         let (token, lsn) = sentinel::write(&link.old).await?;
         let waited = sentinel::wait_applied(&link.new, &token, catchup_timeout, &aborted).await?;
         Ok::<_, crate::control::ControlError>((lsn, waited, foreign))
-    }))
-    .await;
+    }));
+    let synced = async {
+        let started = std::time::Instant::now();
+        let counts = join_all(links.iter().map(|link| async {
+            let names = sequences::list(&link.old).await?;
+            let states = sequences::read(&link.old, &names).await?;
+            sequences::write(&link.new, &states, config.sequence_margin).await?;
+            Ok::<_, crate::control::ControlError>(states.len())
+        }))
+        .await;
+        (counts, started.elapsed())
+    };
+    let (proofs, (synced, sequences_took)) = tokio::join!(proofs, synced);
+    let links_ref = &links;
+    let fail = |phase: &'static str, reason: String| async move {
+        if fence_old {
+            unfence(links_ref).await;
+        }
+        resume_on_old(shared);
+        CutoverError::Aborted { phase: phase.to_string(), reason }
+    };
     let mut proven = Vec::new();
     for (link, proof) in links.iter().zip(proofs) {
         match proof {
@@ -207,43 +228,21 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
                     );
                 }
             }
-            Err(e) => {
-                if fence_old {
-                    unfence(&links).await;
-                }
-                return Err(abort("catch-up", format!("{}: {e}", link.name)));
-            }
+            Err(e) => return Err(fail("catch-up", format!("{}: {e}", link.name)).await),
         }
     }
-    timeline.next(shared, "sequences", format!("new has applied every commit old acknowledged: {}", proven.join(", ")));
-
-    // e. Sequences.
-    let synced = join_all(links.iter().map(|link| async {
-        let names = sequences::list(&link.old).await?;
-        let states = sequences::read(&link.old, &names).await?;
-        sequences::write(&link.new, &states, config.sequence_margin).await?;
-        Ok::<_, crate::control::ControlError>(states.len())
-    }))
-    .await;
     let mut sequence_count = 0;
     for (link, result) in links.iter().zip(synced) {
         match result {
             Ok(n) => sequence_count += n,
-            Err(e) => {
-                if fence_old {
-                    unfence(&links).await;
-                }
-                return Err(abort("sequences", format!("{}: {e}", link.name)));
-            }
+            Err(e) => return Err(fail("sequences", format!("{}: {e}", link.name)).await),
         }
     }
     if aborted() {
-        if fence_old {
-            unfence(&links).await;
-        }
-        return Err(abort("sequences", "abort requested".into()));
+        return Err(fail("catch-up", "abort requested".into()).await);
     }
-    timeline.next(shared, "rebind", format!("{sequence_count} sequences copied"));
+    timeline.fact("sequences synced", sequence_count, format!("copied in {} ms, alongside the catch-up proof", timeline::ms(sequences_took)));
+    timeline.next(shared, "rebind", format!("new has applied every commit old acknowledged: {}; {sequence_count} sequences copied", proven.join(", ")));
 
     // f. Rebind: the commit point. From here on there is no abort.
     let rebound = rebind::run(shared, &drained.sessions).await;
@@ -253,7 +252,6 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     timeline.fact("sessions closed", closed + rebound.closed, "could not move");
     timeline.fact("longest hold", format!("{} ms", rebound.longest_hold_ms), "longest time a session waited");
     timeline.fact("lsn proven", proven.join(", "), "");
-    timeline.fact("sequences synced", sequence_count, "");
     if rebound.not_confirmed > 0 {
         timeline.fact("sessions unconfirmed", rebound.not_confirmed, "did not confirm the move within 5 s");
     }
@@ -284,7 +282,9 @@ fn release_standbys(shared: &Shared) {
 
 async fn unfence(links: &[preflight::DatabaseLink]) {
     if let Some(first) = links.first() {
-        let _ = first.old.batch_execute("ALTER SYSTEM RESET default_transaction_read_only; SELECT pg_catalog.pg_reload_conf()").await;
+        if let Err(e) = sentinel::unfence(&first.old).await {
+            tracing::error!(error = %e, "could not lift the fence on old: run ALTER SYSTEM RESET default_transaction_read_only there");
+        }
     }
 }
 

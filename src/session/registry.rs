@@ -17,8 +17,8 @@ use crate::protocol::startup::StartupMessage;
 pub enum Command {
     /// A connection on the new server, authenticated with this session's startup parameters.
     Attach(Box<BackendConn>),
-    /// The drain deadline passed: cancel what runs, resolve an idle transaction.
-    Interrupt,
+    /// The drain deadline passed: cancel what runs, resolve an idle transaction as told.
+    Interrupt { idle_in_transaction: crate::config::IdleInTransaction },
     /// The session cannot move: end it with this FATAL.
     Close { sqlstate: &'static str, message: String },
     /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors).

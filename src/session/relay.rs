@@ -204,12 +204,12 @@ impl Relay {
                 None
             }
             Command::Close { sqlstate, message } => Some(self.close_with(fatal(sqlstate, &message), &message).await),
-            Command::Interrupt => self.interrupt().await,
+            Command::Interrupt { idle_in_transaction } => self.interrupt(idle_in_transaction).await,
         }
     }
 
     /// The drain deadline passed and this session is still busy.
-    async fn interrupt(&mut self) -> Option<End> {
+    async fn interrupt(&mut self, idle_in_transaction: IdleInTransaction) -> Option<End> {
         if self.parked_since.is_some() {
             return None;
         }
@@ -223,7 +223,7 @@ impl Relay {
         if !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() {
             return None;
         }
-        match self.shared.config.cutover.idle_in_transaction {
+        match idle_in_transaction {
             IdleInTransaction::Abort => {
                 self.handle.park.send_replace(Park::Unmovable("idle in transaction at the drain deadline".into()));
                 None

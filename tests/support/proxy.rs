@@ -325,7 +325,9 @@ impl TestProxy {
         let addr = self.metrics_addr.expect("metrics endpoint not configured");
         let mut s = TcpStream::connect(addr).expect("connect to metrics endpoint");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        // One write: a request split over several writes is a different test.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).expect("send metrics request");
         let mut response = String::new();
         s.read_to_string(&mut response).expect("read metrics response");
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

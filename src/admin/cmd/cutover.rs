@@ -14,7 +14,8 @@ use crate::proxy::Shared;
 pub const OPTIONS_HELP: &str =
     "move every session to the new server; options: drain_timeout=2s, catchup_timeout=5s, idle_in_transaction=rollback|terminate|abort, fence_old=true|false";
 
-const VALID_OPTIONS: &str = "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, fence_old=true|false";
+const VALID_OPTIONS: &str =
+    "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, fence_old=true|false";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cutover {

@@ -1,23 +1,29 @@
 #!/usr/bin/env python3
-"""Open many idle Postgres sessions with a minimal asyncio wire-protocol client (no libpq).
+"""A minimal asyncio Postgres wire-protocol client (no libpq) for the benchmarks.
 
-Used by bench/run.sh (memory per idle session) and bench/cutover.sh (time to move idle sessions).
-Only trust authentication is supported: these are benchmark setups on 127.0.0.1.
+Used by bench/run.sh (memory per idle session) and bench/cutover.sh (time to move idle sessions,
+replication apply lag). Only trust authentication: these are benchmark setups on 127.0.0.1.
 
-  idle_sessions.py measure --port P --count N --pid PID [--pid PID ...]
+  pgclient.py measure --port P --count N --pid PID [--pid PID ...]
       Reads VmRSS (/proc/PID/status) and Pss (/proc/PID/smaps_rollup) of each PID, opens N
       sessions, waits until they are idle and memory settles, reads again, closes the sessions.
       Prints per PID: before/after and KiB per session; last line "RESULT ..." (key=value).
 
-  idle_sessions.py hold --port P --count N [--run 'shell command'] [--expect-version-min 180000]
+  pgclient.py hold --port P --count N [--run 'shell command'] [--expect-version-min 180000]
       Opens N sessions, runs the command (timing it; its output is printed), then sends
       `SELECT current_setting('server_version_num')` on every session and reports how many
       answered, on which server version, and how many failed. Exit 1 if any session failed or
       does not meet --expect-version-min.
+
+  pgclient.py lag --old-port P15 --new-port P18 [--samples 5] [--interval 0.3]
+      Replication apply lag: upserts a fresh token into bench_lag (id int primary key, token
+      text; must exist on both servers and be replicated) on old, then polls new every
+      millisecond until the token is visible. Prints each sample; last line "RESULT ...".
 """
 
 import argparse
 import asyncio
+import os
 import resource
 import struct
 import subprocess
@@ -78,7 +84,7 @@ class Session:
     async def open(cls, host, port, user, database, timeout):
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         s = cls(reader, writer)
-        writer.write(startup_message(user, database, "idle_sessions.py"))
+        writer.write(startup_message(user, database, "pgclient.py"))
         await writer.drain()
 
         async def handshake():
@@ -260,9 +266,62 @@ async def cmd_hold(args):
     return 0 if run_ok and not failures and not errors else 1
 
 
+async def cmd_lag(args):
+    """Samples until --duration passes; a sample still unapplied at the deadline counts as
+    "at least" its age (reported as unapplied_ms)."""
+    old = await Session.open(args.host, args.old_port, args.user, args.database, args.timeout)
+    new = await Session.open(args.host, args.new_port, args.user, args.database, args.timeout)
+    samples, unapplied = [], None
+    deadline = time.monotonic() + args.duration
+    try:
+        while time.monotonic() < deadline and len(samples) < args.samples:
+            token = os.urandom(8).hex()
+            await old.scalar(f"INSERT INTO bench_lag (id, token) VALUES (1, '{token}') "
+                             f"ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token", args.timeout)
+            committed = time.monotonic()
+            while True:
+                seen = await new.scalar("SELECT token FROM bench_lag WHERE id = 1", args.timeout)
+                elapsed = time.monotonic() - committed
+                if seen == token or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.001)
+            if seen != token:
+                unapplied = elapsed * 1000.0
+                print(f"lag sample {len(samples) + 1}: not applied after {unapplied:.0f} ms (deadline)", flush=True)
+                break
+            samples.append(elapsed * 1000.0)
+            print(f"lag sample {len(samples)}: {elapsed * 1000.0:.1f} ms", flush=True)
+            await asyncio.sleep(args.interval)
+    finally:
+        old.close()
+        new.close()
+    s = sorted(samples)
+    fields = [f"samples={len(s)}"]
+    if s:
+        fields += [f"median_ms={s[len(s) // 2]:.1f}", f"max_ms={s[-1]:.1f}", f"min_ms={s[0]:.1f}"]
+    if unapplied is not None:
+        fields.append(f"unapplied_ms={unapplied:.0f}")
+        if not s:
+            fields += [f"median_ms=>{unapplied:.0f}", f"max_ms=>{unapplied:.0f}"]
+        else:
+            fields[2] = f"max_ms=>{unapplied:.0f}"
+    print("RESULT " + " ".join(fields), flush=True)
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    lag = sub.add_parser("lag")
+    lag.add_argument("--host", default="127.0.0.1")
+    lag.add_argument("--old-port", type=int, required=True)
+    lag.add_argument("--new-port", type=int, required=True)
+    lag.add_argument("--user", default="postgres")
+    lag.add_argument("--database", default="postgres")
+    lag.add_argument("--samples", type=int, default=5)
+    lag.add_argument("--interval", type=float, default=0.3)
+    lag.add_argument("--duration", type=float, default=2.5, help="stop sampling after this many seconds")
+    lag.add_argument("--timeout", type=float, default=30.0)
     for name in ("measure", "hold"):
         s = sub.add_parser(name)
         s.add_argument("--host", default="127.0.0.1")
@@ -280,7 +339,8 @@ def main():
             s.add_argument("--expect-version-min", type=int, default=0, help="fail sessions on an older server_version_num")
             s.add_argument("--allow-open-failures", action="store_true")
     args = p.parse_args()
-    rc = asyncio.run(cmd_measure(args) if args.cmd == "measure" else cmd_hold(args))
+    commands = {"measure": cmd_measure, "hold": cmd_hold, "lag": cmd_lag}
+    rc = asyncio.run(commands[args.cmd](args))
     sys.exit(rc)
 
 
