@@ -512,3 +512,64 @@ fn fence_old_makes_old_read_only_at_the_switch() {
     assert_eq!(new.psql(&db, "SELECT v FROM t WHERE id = 1"), "3");
     proxy.assert_no_panics();
 }
+
+/// The whole operator flow with the real binaries: `pgcutover serve`, pgbench through it,
+/// and `pgcutover admin CUTOVER` from another process.
+#[test]
+fn operator_flow_with_the_binaries() {
+    use std::process::{Command, Stdio};
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_binary");
+    let port = old.port.to_string();
+    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
+        .assert_success();
+    support::setup_replication(old, new, &db);
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (listen, admin) = (free(), free());
+    let binary = env!("CARGO_BIN_EXE_pgcutover");
+    let mut serve = Command::new(binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{listen}"), "--admin-listen", &format!("127.0.0.1:{admin}"), "--auth", "trust"])
+        .args(["--old", &old.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres"), "--new", &new.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pgcutover");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(Instant::now() < deadline, "pgcutover did not start");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let bench = {
+        let db = db.clone();
+        thread::spawn(move || {
+            let p = listen.to_string();
+            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", "6", "-M", "prepared", "-n", &db], &[])
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let admin_cmd = |command: &str| {
+        Command::new(binary).args(["admin", "--addr", &format!("127.0.0.1:{admin}"), command]).output().expect("run pgcutover admin")
+    };
+    let check = admin_cmd("CHECK");
+    assert!(check.status.success(), "CHECK: {}", String::from_utf8_lossy(&check.stderr));
+    let cut = admin_cmd("CUTOVER drain_timeout=2s");
+    let report = String::from_utf8_lossy(&cut.stdout).to_string();
+    assert!(cut.status.success(), "CUTOVER failed: {}{report}", String::from_utf8_lossy(&cut.stderr));
+    assert!(report.contains("completed"), "{report}");
+    let again = admin_cmd("CUTOVER");
+    assert!(!again.status.success(), "a second CUTOVER after completion is refused");
+    let bogus = admin_cmd("FROBNICATE");
+    assert!(String::from_utf8_lossy(&bogus.stderr).contains("42601"), "unknown command");
+    let result = bench.join().expect("pgbench");
+    result.assert_success();
+    assert_eq!(result.failed, 0, "{result}");
+    let (accounts, history, _, _, count) = pgbench_totals(new, &db);
+    assert_eq!(accounts, history);
+    assert_eq!(count as u64, result.processed, "{result}\n{report}");
+    let shown = admin_cmd("SHOW CUTOVER");
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("phase rebind"));
+    // SIGTERM: the proxy stops cleanly.
+    let _ = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
+    let status = serve.wait().expect("wait for pgcutover");
+    assert!(status.success(), "pgcutover exits 0 after SIGTERM: {status}");
+}
