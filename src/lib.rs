@@ -1,7 +1,7 @@
 //! pgcutover: a Postgres wire-protocol proxy that moves live sessions from one server to
 //! another (a major-version upgrade over logical replication) without failing transactions.
 
-#![deny(clippy::unwrap_used)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod admin;
 pub mod auth;

@@ -37,15 +37,6 @@ fn report_text(rows: &[cutover::ReportRow]) -> String {
     rows.iter().map(|r| format!("{:<40} {:<24} {}", r.item, r.value, r.detail)).collect::<Vec<_>>().join("\n")
 }
 
-fn pgbench_through(proxy: &TestProxy, db: &str, mode: &str, seconds: u32) -> support::PgbenchResult {
-    let port = proxy.port().to_string();
-    let duration = seconds.to_string();
-    support::pgbench(
-        &["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", &duration, "-M", mode, "-n", db],
-        &[],
-    )
-}
-
 /// Sums that must agree on a consistent pgbench database.
 fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
     let line = server.psql(
