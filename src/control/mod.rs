@@ -32,17 +32,31 @@ impl From<tokio_postgres::Error> for ControlError {
 /// Opens a control connection to `database` on `server`, as the configured control user.
 pub async fn connect(server: &ServerConfig, database: &str) -> Result<Client, ControlError> {
     let fail = |reason: String| ControlError::Connect { server: server.name, database: database.to_string(), reason };
-    if matches!(server.sslmode, SslMode::Require | SslMode::VerifyFull) {
-        return Err(fail("control connections over TLS are not supported yet; use sslmode=prefer or disable for the control URL".into()));
-    }
-    let config = server.control_config(database);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| fail(ControlError::from(e).to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "control connection ended");
+    let mut config = server.control_config(database);
+    let tls = crate::tls::client_config(server.sslmode, server.sslrootcert.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let client = match tls {
+        None => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| fail(ControlError::from(e).to_string()))?;
+            tokio::spawn(log_end(connection));
+            client
         }
-    });
+        Some(tls) => {
+            let mode = if server.sslmode == SslMode::Prefer { tokio_postgres::config::SslMode::Prefer } else { tokio_postgres::config::SslMode::Require };
+            config.ssl_mode(mode);
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+            let (client, connection) = config.connect(connector).await.map_err(|e| fail(ControlError::from(e).to_string()))?;
+            tokio::spawn(log_end(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "control connection ended");
+    }
 }
 
 /// Databases clients can connect to on a server.
