@@ -395,6 +395,19 @@ async fn notices_pass_through() {
     proxy.assert_no_panics();
 }
 
+/// Sessions of this database running `SELECT pg_sleep(...)` right now.
+const SLEEPING: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                        AND state = 'active' AND query LIKE 'SELECT pg_sleep(%'";
+
+/// Wait (sync) until a pg_sleep runs in `db` on old.
+fn wait_for_sleeper(db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old().psql(db, SLEEPING) == "0" {
+        assert!(Instant::now() < deadline, "pg_sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[tokio::test]
 async fn cancel_request_through_the_proxy() {
     let db = old().create_database("pp_cancel");
@@ -402,8 +415,16 @@ async fn cancel_request_through_the_proxy() {
     let client = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
     let token = client.cancel_token();
     let started = Instant::now();
+    let db2 = db.clone();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Cancel once the query really runs on the server.
+        let (observer, conn) = tokio_postgres::connect(&old().super_url(&db2), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while observer.query_one(SLEEPING, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            assert!(Instant::now() < deadline, "pg_sleep never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         token.cancel_query(tokio_postgres::NoTls).await
     });
     let err = client.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
@@ -444,7 +465,7 @@ fn cancel_request_needs_the_right_key() {
 
     let wrong: Vec<u8> = secret.iter().map(|b| b ^ 0x5a).collect();
     c.send(&proxy::query_frame("SELECT pg_sleep(1.5)")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_sleeper(&db);
     cancel(pid, &wrong);
     if server_pid != pid {
         cancel(server_pid, &secret);
@@ -454,7 +475,7 @@ fn cancel_request_needs_the_right_key() {
 
     let started = Instant::now();
     c.send(&proxy::query_frame("SELECT pg_sleep(30)")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_sleeper(&db);
     cancel(pid, &secret);
     let msgs: Vec<_> = std::iter::from_fn(|| Some(c.expect_msg())).take_while(|m| m.tag != b'Z').collect();
     let err = msgs.iter().find(|m| m.tag == b'E').expect("the query was not cancelled");

@@ -34,8 +34,10 @@ pub struct Relay {
     pub to_client: Outbound,
     pub to_backend: Outbound,
     pub parked_since: Option<Instant>,
-    /// The snapshot replayed on the standby, ready for the switch.
+    /// The standby holds the session's current state: nothing changed since the replay.
     pub prepared_move: bool,
+    /// The standby received a replay before; a new one must clear it first.
+    pub standby_replayed: bool,
     /// The proxy rolled back this client's transaction: answer its next request with 40001.
     pub poisoned: bool,
     pub probe_pending: bool,
@@ -120,6 +122,8 @@ impl Relay {
 
     /// Returns true when the client sent Terminate.
     fn on_client_batch(&mut self, batch: Bytes) -> bool {
+        // Whatever the client does may change session state: the standby must be prepared again.
+        self.prepared_move = false;
         self.bytes_in += batch.len() as u64;
         self.shared.metrics.bytes_from_clients.inc_by(batch.len() as u64);
         let mut skip_until = 0;
@@ -197,6 +201,15 @@ impl Relay {
                 if let Some(old) = self.standby.replace(*conn) {
                     self.drop_connection(old).await;
                 }
+                self.prepared_move = false;
+                self.standby_replayed = false;
+                // An idle session prepares its move now, before any hold: if it stays idle,
+                // the hold costs it nothing but the pointer swap.
+                if self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
+                    if let Park::Unmovable(reason) = self.prepare_move().await {
+                        tracing::debug!(session = self.handle.id, %reason, "not movable yet");
+                    }
+                }
                 None
             }
             Command::Probe => {
@@ -266,7 +279,7 @@ impl Relay {
         let since = Instant::now();
         self.parked_since = Some(since);
         self.handle.set_status(|s| s.state = "held");
-        let verdict = if self.standby.is_some() { self.prepare_move().await } else { Park::Parked { since } };
+        let verdict = if self.standby.is_some() && !self.prepared_move { self.prepare_move().await } else { Park::Parked { since } };
         self.handle.park.send_replace(verdict);
     }
 
@@ -282,7 +295,8 @@ impl Relay {
             return Park::Unmovable(format!("holds state that cannot move: {}", snap.blockers.join(", ")));
         }
         let Some(standby) = self.standby.as_mut() else { return Park::Parked { since } };
-        match snapshot::replay(standby, &snap, &self.state.prepared).await {
+        let reset_first = std::mem::replace(&mut self.standby_replayed, true);
+        match snapshot::replay(standby, &snap, &self.state.prepared, reset_first).await {
             Ok(params) => {
                 standby.params.extend(params);
                 self.prepared_move = true;
@@ -324,6 +338,7 @@ impl Relay {
             });
         }
         self.prepared_move = false;
+        self.standby_replayed = false;
         self.handle.set_status(|s| s.state = "active");
         self.handle.park.send_replace(Park::Running);
     }
@@ -332,7 +347,8 @@ impl Relay {
     async fn switch(&mut self) -> Option<End> {
         let target = self.gate.borrow().active;
         if self.standby.is_none() || !self.prepared_move {
-            // No pre-warmed connection (the session arrived late): connect and replay now.
+            // Not prepared (the session arrived after the pre-warm, or its standby came late):
+            // connect if needed and replay now.
             if let Err(e) = self.connect_standby_now(target).await {
                 let message = format!("terminating connection: could not move the session to the new server: {e}");
                 return Some(self.close_with(fatal("57P01", &message), &message).await);
@@ -368,17 +384,20 @@ impl Relay {
             self.shared.metrics.held_seconds.observe(since.elapsed().as_secs_f64());
         }
         self.prepared_move = false;
+        self.standby_replayed = false;
         self.handle.park.send_replace(Park::Switched { held_ms });
         None
     }
 
     async fn connect_standby_now(&mut self, role: backend::Role) -> Result<(), String> {
-        let server = self.shared.server(role).ok_or("no such server configured")?;
-        let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref(), self.shared.config.max_message_size)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();
-        self.standby = Some(conn);
+        if self.standby.is_none() {
+            let server = self.shared.server(role).ok_or("no such server configured")?;
+            let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref(), self.shared.config.max_message_size)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();
+            self.standby = Some(conn);
+        }
         match self.prepare_move().await {
             Park::Parked { .. } => Ok(()),
             Park::Unmovable(reason) => Err(reason),

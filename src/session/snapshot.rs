@@ -128,8 +128,18 @@ fn identifier(s: &str) -> String {
 
 /// Recreates the snapshot on `conn`. Returns the ParameterStatus values the server reported
 /// while doing so; fails if any statement failed (the session would not behave the same).
-pub async fn replay(conn: &mut BackendConn, snap: &Snapshot, parse_messages: &HashMap<Bytes, Bytes>) -> Result<Vec<(String, String)>, SnapshotError> {
+/// `reset_first` clears an earlier replay on the same connection (DISCARD ALL) so a
+/// replay can be redone after the client changed its state again.
+pub async fn replay(
+    conn: &mut BackendConn,
+    snap: &Snapshot,
+    parse_messages: &HashMap<Bytes, Bytes>,
+    reset_first: bool,
+) -> Result<Vec<(String, String)>, SnapshotError> {
     let mut queries = Vec::new();
+    if reset_first {
+        queries.push(messages::query("DISCARD ALL"));
+    }
     for (name, value) in &snap.settings {
         queries.push(messages::query(&format!("SELECT pg_catalog.set_config({}, {}, false)", literal(name), literal(value))));
     }
