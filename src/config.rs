@@ -322,6 +322,17 @@ impl Config {
         if tls_cert.is_some() != tls_key.is_some() {
             return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
         }
+        if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
+            // Load them now: a bad file is a configuration error naming the key, not a failure
+            // at start.
+            for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
+                std::fs::File::open(path).map_err(|e| invalid(name, format!("cannot read {}: {e}", path.display())))?;
+            }
+            crate::tls::server_config(cert, key).map_err(|e| {
+                let text = format!("{e:#}");
+                invalid(if text.contains("private key") { "tls_key" } else { "tls_cert" }, text)
+            })?;
+        }
         let require_tls = file.require_tls.unwrap_or(false);
         if require_tls && tls_cert.is_none() {
             return Err(invalid("require_tls", "needs tls_cert and tls_key"));
@@ -379,11 +390,44 @@ impl Config {
     }
 }
 
-/// Best-effort name of the key at byte `offset` of a TOML text, for error messages.
+/// Best-effort name of the key at byte `offset` of a TOML text, for error messages, with the
+/// table it sits in: `listen`, `old.url`, `users[1].password`, `cutover`.
 fn key_at(text: &str, offset: usize) -> String {
-    let line = text[..offset.min(text.len())].rsplit('\n').next().unwrap_or("");
-    let full_line = text[offset.min(text.len()) - line.len()..].lines().next().unwrap_or("");
-    full_line.split('=').next().map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).unwrap_or_else(|| "file".into())
+    let Some(before) = text.get(..offset.min(text.len())) else { return "file".into() };
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if let Some(header) = table_header(line) {
+        return header.0.to_string();
+    }
+    // The table the line belongs to: the last [table] or [[array]] header above it.
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for l in text[..line_start].lines() {
+        match table_header(l.trim()) {
+            Some((name, true)) => {
+                let n = counts.entry(name).or_insert(0);
+                table = format!("{name}[{n}]");
+                *n += 1;
+            }
+            Some((name, false)) => table = name.to_string(),
+            None => {}
+        }
+    }
+    let key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty());
+    match (key, table.is_empty()) {
+        (Some(k), true) => k.to_string(),
+        (Some(k), false) => format!("{table}.{k}"),
+        (None, false) => table,
+        (None, true) => "file".into(),
+    }
+}
+
+/// `[name]` → (name, false); `[[name]]` → (name, true).
+fn table_header(line: &str) -> Option<(&str, bool)> {
+    if let Some(name) = line.strip_prefix("[[").and_then(|r| r.split("]]").next()).filter(|_| line.contains("]]")) {
+        return Some((name.trim(), true));
+    }
+    line.strip_prefix('[').and_then(|r| r.split(']').next()).filter(|_| line.contains(']')).map(|name| (name.trim(), false))
 }
 
 fn parse_addr(key: &str, text: String) -> Result<SocketAddr, ConfigError> {
@@ -439,6 +483,9 @@ fn parse_server(name: &'static str, text: &str, file: &FileServer) -> Result<Ser
     if sslmode == SslMode::VerifyFull && sslrootcert.is_none() {
         return Err(invalid(&format!("{name}.sslrootcert"), "sslmode verify-full needs a CA file"));
     }
+    if sslmode == SslMode::VerifyFull {
+        crate::tls::client_config(sslmode, sslrootcert.as_deref()).map_err(|e| invalid(&format!("{name}.sslrootcert"), format!("{e:#}")))?;
+    }
     Ok(ServerConfig {
         name,
         host,
@@ -461,6 +508,18 @@ mod tests {
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn key_at_names_the_table() {
+        let text = "listen = 1\n[old]\nurl = 2\n[[users]]\nname = 3\n[[users]]\npassword = 4\n[cutover]\n";
+        let at = |needle: &str| key_at(text, text.find(needle).unwrap());
+        assert_eq!(at("1"), "listen");
+        assert_eq!(at("2"), "old.url");
+        assert_eq!(at("3"), "users[0].name");
+        assert_eq!(at("4"), "users[1].password");
+        assert_eq!(at("[cutover]"), "cutover");
+        assert_eq!(key_at("", 0), "file");
     }
 
     #[test]

@@ -36,11 +36,11 @@ async fn scram_right_password_wrong_password_unknown_user() {
     let row = client.query_one("SELECT current_user::text, current_database()::text", &[]).await.unwrap();
     assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), (APP_USER.to_string(), db.clone()));
 
-    let wrong = proxy.connect(APP_USER, "not-the-password", &db).await.err().expect("wrong password accepted");
+    let wrong = proxy.connect(APP_USER, "not-the-password", &db).await.expect_err("wrong password accepted");
     assert_eq!(err_code(&wrong), "28P01");
     assert_eq!(err_message(&wrong), format!("password authentication failed for user \"{APP_USER}\""));
 
-    let unknown = proxy.connect("nobody_here", "whatever", &db).await.err().expect("unknown user accepted");
+    let unknown = proxy.connect("nobody_here", "whatever", &db).await.expect_err("unknown user accepted");
     assert_eq!(err_code(&unknown), "28P01");
     assert_eq!(err_message(&unknown), "password authentication failed for user \"nobody_here\"");
 
@@ -79,9 +79,9 @@ async fn md5_client_authentication() {
         let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
         assert_eq!(who, user);
     }
-    let wrong = proxy.connect(APP_USER, "nope", &db).await.err().expect("wrong password accepted");
+    let wrong = proxy.connect(APP_USER, "nope", &db).await.expect_err("wrong password accepted");
     assert_eq!(err_code(&wrong), "28P01");
-    let unknown = proxy.connect("ghost", "nope", &db).await.err().expect("unknown user accepted");
+    let unknown = proxy.connect("ghost", "nope", &db).await.expect_err("unknown user accepted");
     assert_eq!(err_code(&unknown), "28P01");
     assert_eq!(err_message(&unknown), "password authentication failed for user \"ghost\"");
     proxy.assert_no_panics();
@@ -150,13 +150,13 @@ async fn scram_verifier_only_users() {
     // by the raw client), then cannot log into the server.
     let mut c = RawConn::connect(proxy.addr);
     c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
-    let (reason, seen) = c.authenticate(APP_PASSWORD).err().expect("session opened without a server password");
+    let (reason, seen) = c.authenticate(APP_PASSWORD).expect_err("session opened without a server password");
     let codes: Vec<u32> = seen.iter().filter(|m| m.tag == b'R').map(|m| m.u32_at(0)).collect();
     assert_eq!(codes, vec![10, 11, 12, 0], "client authentication must succeed first ({reason})");
     let fatal = proxy::expect_fatal(&seen, "28000");
     assert!(fatal[&'M'].contains("password") && fatal[&'M'].contains(APP_USER), "{fatal:?}");
 
-    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.err().expect("session opened without a server password");
+    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.expect_err("session opened without a server password");
     assert_eq!(err_code(&err), "28000");
     // Wrong password: refused by the proxy itself.
     let err = proxy.connect(APP_USER, "wrong", &db).await.err().unwrap();
@@ -187,13 +187,10 @@ async fn trust_mode_and_config_checks() {
     drop(proxy);
 
     // md5 needs a password for every user; SCRAM needs users at all.
-    let base = || {
-        let o = pgcutover::config::Overrides {
-            old: Some(old().url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
-            auth: Some("md5".into()),
-            ..Default::default()
-        };
-        o
+    let base = || pgcutover::config::Overrides {
+        old: Some(old().url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
+        auth: Some("md5".into()),
+        ..Default::default()
     };
     let file = pgcutover::config::FileConfig {
         users: vec![pgcutover::config::FileUser {
@@ -204,9 +201,9 @@ async fn trust_mode_and_config_checks() {
         }],
         ..Default::default()
     };
-    let err = pgcutover::config::Config::from_parts(file, &base()).err().expect("md5 with a verifier-only user");
+    let err = pgcutover::config::Config::from_parts(file, &base()).map(|_| ()).expect_err("md5 with a verifier-only user");
     assert_eq!(err.key, "users");
     let o = pgcutover::config::Overrides { auth: Some("scram-sha-256".into()), ..base() };
-    let err = pgcutover::config::Config::from_parts(Default::default(), &o).err().expect("scram without users");
+    let err = pgcutover::config::Config::from_parts(Default::default(), &o).map(|_| ()).expect_err("scram without users");
     assert_eq!(err.key, "users");
 }

@@ -46,7 +46,7 @@ async fn max_clients_refuses_the_extra_client_with_53300() {
     let proxy = proxy::for_server(old()).max_clients(2).start();
     let a = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
     let b = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
-    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.err().expect("third client accepted");
+    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.expect_err("third client accepted");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
     assert!(err.as_db_error().unwrap().message().contains("too many clients"), "{err:?}");
     // The two sessions keep working.
@@ -67,6 +67,18 @@ async fn max_clients_refuses_the_extra_client_with_53300() {
     };
     assert_eq!(c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0), 3);
     assert_eq!(a.query_one("SELECT 4", &[]).await.unwrap().get::<_, i32>(0), 4);
+    // At the limit, a CancelRequest (a connection of its own) still gets through.
+    let token = a.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..20 {
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let err = a.simple_query("SELECT pg_sleep(30)").await.expect_err("cancel at max_clients did not get through");
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
+    canceller.abort();
     assert_eq!(proxy.metrics().matches("reason=\"too_many_clients\"} ").count(), 1, "rejection metric");
     proxy.assert_no_panics();
 }
@@ -100,6 +112,37 @@ fn oversized_message_gets_08p01_and_close() {
 
     witness.check();
     assert_eq!(ok.query_values("SELECT 'still fine'"), vec!["still fine"]);
+    proxy.assert_no_panics();
+}
+
+/// Before authentication only small messages are accepted (Postgres: 65535 bytes), whatever
+/// max_message_size says: an anonymous client cannot make the proxy buffer a big frame.
+#[test]
+fn oversized_message_before_authentication_is_refused() {
+    let db = old().create_database("pl_preauth");
+    let proxy = proxy::for_server(old()).start(); // default max_message_size: 1 GiB
+    let mut witness = open_witness(&db, &proxy);
+    for (what, len) in [("512 MiB", 512u32 << 20), ("just over 64 KiB", 65_535 + 5)] {
+        let mut c = RawConn::connect(proxy.addr);
+        c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
+        let sasl = c.expect_msg();
+        assert_eq!((sasl.tag(), sasl.u32_at(0)), ('R', 10));
+        let started = Instant::now();
+        let mut header = vec![b'p'];
+        header.extend_from_slice(&len.to_be_bytes());
+        c.send(&header).unwrap();
+        let _ = c.send(&vec![b'n'; 1024]);
+        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let f = expect_fatal(&msgs, "08P01");
+        assert!(f[&'M'].contains("exceeds"), "{what}: {f:?}");
+        assert!(closed, "{what}: not closed");
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}: refused only after {:?}", started.elapsed());
+        witness.check();
+    }
+    // A SCRAM exchange (small messages) still works, as does a big message after login.
+    let mut c = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    let sql = format!("SELECT length('{}')", "z".repeat(200_000));
+    assert_eq!(c.query_values(&sql), vec!["200000"]);
     proxy.assert_no_panics();
 }
 
@@ -170,7 +213,7 @@ fn wrong_password_gets_28p01() {
     let mut witness = open_witness(&db, &proxy);
     let mut c = RawConn::connect(proxy.addr);
     c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
-    let (_, seen) = c.authenticate("wrong-password").err().expect("wrong password accepted");
+    let (_, seen) = c.authenticate("wrong-password").expect_err("wrong password accepted");
     expect_fatal(&seen, "28P01");
     let (_, closed) = c.read_until_closed(Duration::from_secs(5));
     assert!(closed);
@@ -188,7 +231,7 @@ fn unreachable_server_gets_08006_naming_the_address() {
     let rt = rt();
     for _ in 0..2 {
         let started = Instant::now();
-        let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, "postgres")).err().expect("connected to nothing");
+        let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, "postgres")).expect_err("connected to nothing");
         assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
         let db = err.as_db_error().unwrap();
         assert_eq!(db.severity(), "FATAL");
@@ -232,7 +275,7 @@ fn server_dying_mid_session() {
 
     // Still accepting: a new client gets a clear 08006 while the server is down...
     let rt = rt();
-    let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).err().expect("connected to a stopped server");
+    let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).expect_err("connected to a stopped server");
     assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err:?}");
     // ...and a working session once it is back.
     server.start_again();
@@ -305,6 +348,7 @@ fn pgcutover() -> Command {
 #[test]
 fn invalid_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let (cert, _) = proxy::self_signed_cert(dir.path());
     let url = format!("postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:1/postgres");
     let cases = [
         ("unknown key", format!("listen = \"127.0.0.1:0\"\nlisten_adress = \"x\"\n[old]\nurl = \"{url}\"\n"), "listen_adress"),
@@ -314,6 +358,12 @@ fn invalid_config_exits_2_naming_the_key() {
         ("bad duration", format!("auth = \"trust\"\nstartup_timeout = \"soon\"\n[old]\nurl = \"{url}\"\n"), "startup_timeout"),
         ("bad listen", format!("auth = \"trust\"\nlisten = \"nowhere\"\n[old]\nurl = \"{url}\"\n"), "listen"),
         ("user without credential", format!("[old]\nurl = \"{url}\"\n[[users]]\nname = \"u\"\n"), "users[0]"),
+        ("unknown key in a table", format!("auth = \"trust\"\n[old]\nurl = \"{url}\"\nurll = \"x\"\n"), "old.urll"),
+        ("bad sslmode", format!("auth = \"trust\"\n[old]\nurl = \"{url}\"\nsslmode = \"sometimes\"\n"), "old.sslmode"),
+        ("bad cutover policy", format!("auth = \"trust\"\n[old]\nurl = \"{url}\"\n[cutover]\nidle_in_transaction = \"wait\"\n"), "cutover.idle_in_transaction"),
+        ("missing TLS certificate", format!("auth = \"trust\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n[old]\nurl = \"{url}\"\n"), "tls_cert"),
+        ("TLS key that is no key", format!("auth = \"trust\"\ntls_cert = \"{cert}\"\ntls_key = \"{cert}\"\n[old]\nurl = \"{url}\"\n", cert = cert.display()), "tls_key"),
+        ("require_tls without TLS", format!("auth = \"trust\"\nrequire_tls = true\n[old]\nurl = \"{url}\"\n"), "require_tls"),
     ];
     for (what, text, key) in cases {
         let path = dir.path().join("bad.toml");
@@ -387,8 +437,8 @@ async fn metrics_endpoint_counts_and_hides_passwords() {
         assert_eq!(msgs.len(), 3);
     }
     client.batch_execute("BEGIN; SELECT 1; SELECT 2; COMMIT").await.unwrap();
-    let _ = proxy.connect(APP_USER, "wrong", &db).await.err().expect("wrong password accepted");
-    let _ = client.simple_query("SELECT 1/0").await.err().expect("division by zero");
+    let _ = proxy.connect(APP_USER, "wrong", &db).await.expect_err("wrong password accepted");
+    let _ = client.simple_query("SELECT 1/0").await.expect_err("division by zero");
     // tokio-postgres returns the error before the ReadyForQuery behind it: one more round trip
     // so the counters below are settled.
     client.simple_query("SELECT 'settled'").await.unwrap();
@@ -434,4 +484,86 @@ async fn metrics_endpoint_counts_and_hides_passwords() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     proxy.assert_no_panics();
+}
+
+/// Errors the server raises during the proxy's login (here: no such database) reach the client
+/// unchanged.
+#[test]
+fn server_startup_errors_pass_through() {
+    let db = old().create_database("pl_nodb");
+    let proxy = proxy::for_server(old()).start();
+    let mut witness = open_witness(&db, &proxy);
+    let mut c = RawConn::connect(proxy.addr);
+    c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", "no_such_db_here")])).unwrap();
+    let (_, seen) = c.authenticate(APP_PASSWORD).expect_err("session on a missing database");
+    let f = expect_fatal(&seen, "3D000");
+    assert!(f[&'M'].contains("no_such_db_here"), "{f:?}");
+    // A bad setting in the startup packet: the server's own 22023/42704 FATAL.
+    let mut c = RawConn::connect(proxy.addr);
+    c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db), ("options", "-c no_such.setting_x=1 -c work_mem=bogus")])).unwrap();
+    let (_, seen) = c.authenticate(APP_PASSWORD).expect_err("bogus work_mem accepted");
+    let e = seen.iter().find(|m| m.tag == b'E').expect("an error");
+    assert_eq!(e.fields()[&'S'], "FATAL");
+    assert_eq!(e.code(), "22023", "{:?}", e.fields());
+    // Valid options pass through.
+    let mut c = RawConn::connect(proxy.addr);
+    c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db), ("options", "-c work_mem=12345kB")])).unwrap();
+    c.authenticate(APP_PASSWORD).unwrap();
+    assert_eq!(c.query_values("SHOW work_mem"), vec!["12345kB"]);
+    witness.check();
+    proxy.assert_no_panics();
+}
+
+/// Shutdown: idle and busy sessions get FATAL 57P01 at the deadline, and the port closes.
+#[test]
+fn shutdown_closes_sessions_with_57p01() {
+    let db = old().create_database("pl_shutdown");
+    let proxy = proxy::for_server(old()).start();
+    let addr = proxy.addr;
+    let mut idle = RawConn::login(addr, APP_USER, APP_PASSWORD, &db);
+    let mut busy = RawConn::login(addr, APP_USER, APP_PASSWORD, &db);
+    busy.send(&query_frame("SELECT pg_sleep(30)")).unwrap();
+    let started = Instant::now();
+    proxy.stop();
+    for (what, c) in [("idle", &mut idle), ("busy", &mut busy)] {
+        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let f = expect_fatal(&msgs, "57P01");
+        assert!(f[&'M'].contains("shutting down"), "{what}: {f:?}");
+        assert!(closed, "{what}: not closed");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after shutdown");
+}
+
+/// A client told "terminating connection" (FATAL 57P01) must be able to assume its statement
+/// did not commit, as with a real server. Here the proxy shuts down while a write is still
+/// running on the server behind it.
+#[test]
+fn shutdown_does_not_let_a_terminated_statement_commit() {
+    let db = old().create_database("pl_shutdown_write");
+    old().psql(&db, "CREATE TABLE w (id int)");
+    let proxy = proxy::for_server(old()).start();
+    let mut busy = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    // One simple Query = one implicit transaction: sleep, then insert.
+    busy.send(&query_frame("SELECT pg_sleep(2); INSERT INTO w VALUES (1)")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'") == "0" {
+        assert!(Instant::now() < deadline, "the statement never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.stop();
+    let (msgs, closed) = busy.read_until_closed(Duration::from_secs(10));
+    expect_fatal(&msgs, "57P01");
+    assert!(closed);
+    // Give the statement time to finish had it been left running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()") != "0" {
+        assert!(Instant::now() < deadline, "server session left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        old().psql(&db, "SELECT count(*) FROM w"),
+        "0",
+        "the client got FATAL 57P01 (terminating connection) but its statement committed afterwards"
+    );
 }

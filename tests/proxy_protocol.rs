@@ -152,6 +152,51 @@ fn large_objects_via_function_call() {
     proxy.assert_no_panics();
 }
 
+/// FunctionCall ('F') by hand: result ('V') and errors come back; ParameterStatus after a SET
+/// reaches the client mid-session.
+#[test]
+fn raw_function_call_and_parameter_status() {
+    let db = old().create_database("pp_fcall");
+    let proxy = proxy::for_server(old()).start();
+    let mut c = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    let call = |c: &mut RawConn, function: &str, args: [i32; 2]| -> Vec<proxy::Msg> {
+        let oid: u32 = c.query_values(&format!("SELECT '{function}'::regproc::oid"))[0].parse().unwrap();
+        let mut body = oid.to_be_bytes().to_vec();
+        body.extend_from_slice(&1u16.to_be_bytes()); // one argument format code...
+        body.extend_from_slice(&1u16.to_be_bytes()); // ...binary, for all arguments
+        body.extend_from_slice(&2u16.to_be_bytes());
+        for v in args {
+            body.extend_from_slice(&4i32.to_be_bytes());
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+        body.extend_from_slice(&1u16.to_be_bytes()); // binary result
+        c.send(&proxy::frame(b'F', &body)).unwrap();
+        let mut msgs = Vec::new();
+        loop {
+            let m = c.expect_msg();
+            let done = m.tag == b'Z';
+            msgs.push(m);
+            if done {
+                return msgs;
+            }
+        }
+    };
+    let msgs = call(&mut c, "int4pl", [40, 2]);
+    let tags: String = msgs.iter().map(proxy::Msg::tag).collect();
+    assert_eq!(tags, "VZ");
+    assert_eq!(msgs[0].body, [&4i32.to_be_bytes()[..], &42i32.to_be_bytes()[..]].concat());
+    let msgs = call(&mut c, "int4div", [1, 0]);
+    let err = msgs.iter().find(|m| m.tag == b'E').expect("division by zero error");
+    assert_eq!(err.code(), "22012");
+    assert_eq!(msgs.last().unwrap().body, b"I");
+
+    let msgs = c.simple_query("SET application_name = 'mid-session'");
+    let status: Vec<_> = msgs.iter().filter(|m| m.tag == b'S').map(|m| m.body.clone()).collect();
+    assert_eq!(status, vec![b"application_name\0mid-session\0".to_vec()]);
+    assert_eq!(c.query_values("SELECT 'still here'"), vec!["still here"]);
+    proxy.assert_no_panics();
+}
+
 #[test]
 fn pgbench_simple_extended_prepared() {
     let db = old().create_database("pp_bench");
@@ -213,7 +258,7 @@ fn tls_to_clients_and_require_tls() {
     assert!(stderr.contains("requires an encrypted connection"), "{stderr}");
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).err().expect("plain connection must be refused");
+    let err = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).expect_err("plain connection must be refused");
     assert_eq!(code(&err), Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION), "{err:?}");
     proxy.assert_no_panics();
 }

@@ -77,8 +77,13 @@ pub struct BackendConn {
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Largest message accepted from a server. `max_message_size` guards against clients; a
+/// server's rows are what the application asked for, and Postgres itself never sends a
+/// message over 1 GiB (its allocation limit).
+pub const SERVER_MAX_MESSAGE: usize = (1 << 30) + 1024;
+
 /// Opens and authenticates a connection; returns after the server's first ReadyForQuery.
-pub async fn connect(server: &Server, startup: &StartupMessage, password: Option<&str>, max_message: usize) -> Result<BackendConn, BackendError> {
+pub async fn connect(server: &Server, startup: &StartupMessage, password: Option<&str>) -> Result<BackendConn, BackendError> {
     let role = server.role.as_str();
     let address = server.config.address();
     let unreachable = |reason: String| BackendError::Unreachable { role, address: address.clone(), reason };
@@ -90,7 +95,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
     let _ = tcp.set_nodelay(true);
     let stream = negotiate_tls(tcp, server).await.map_err(|e| unreachable(e.to_string()))?;
     let (read, mut writer) = tokio::io::split(stream);
-    let mut reader = FrameReader::new(read, max_message);
+    let mut reader = FrameReader::new(read, SERVER_MAX_MESSAGE);
     let io_err = |e: std::io::Error| unreachable(e.to_string());
     writer.write_all(&startup.encode_for_server(&[])).await.map_err(io_err)?;
 

@@ -17,7 +17,7 @@ pub async fn run(shared: &Arc<Shared>, sessions: &[Arc<SessionHandle>]) -> Resul
     let Some(new) = shared.server(Role::New) else { return Err("no new server".into()) };
     let results: Vec<Result<(), String>> = stream::iter(sessions.iter().cloned())
         .map(|handle| async move {
-            let conn = backend::connect(new, &handle.startup, handle.backend_password.as_deref(), shared.config.max_message_size)
+            let conn = backend::connect(new, &handle.startup, handle.backend_password.as_deref())
                 .await
                 .map_err(|e| format!("session {} (user {}, database {}): {e}", handle.id, handle.user, handle.database))?;
             // A session that ended meanwhile just drops the connection.

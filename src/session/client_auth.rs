@@ -36,10 +36,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 async fn read_password_message(reader: &mut FrameReader<Stream>) -> Result<Bytes, HandshakeError> {
-    match reader.read_frame().await? {
-        Some((b'p', body)) => Ok(body),
-        Some(_) => Err(refuse(reader, "08P01", "expected a password message").await),
-        None => Err(HandshakeError::Refused("client closed the connection during authentication".into())),
+    match reader.read_frame().await {
+        Ok(Some((b'p', body))) => Ok(body),
+        Ok(Some(_)) => Err(refuse(reader, "08P01", "expected a password message").await),
+        Ok(None) => Err(HandshakeError::Refused("client closed the connection during authentication".into())),
+        // Too long, bad length, truncated: tell the client, as Postgres does.
+        Err(e) => Err(refuse(reader, "08P01", &format!("invalid message during authentication: {e}")).await),
     }
 }
 

@@ -38,8 +38,18 @@ pub async fn refuse(reader: &mut FrameReader<Stream>, sqlstate: &str, message: &
     HandshakeError::Refused(format!("{sqlstate}: {message}"))
 }
 
+/// Largest message accepted before authentication completes (the password / SASL messages):
+/// Postgres' own limit (PG_MAX_AUTH_TOKEN_LENGTH, 65535 bytes of body). `max_message_size`
+/// applies only once the client is authenticated, so an anonymous client cannot make the
+/// proxy buffer a huge frame.
+pub const PRE_AUTH_MAX_MESSAGE: usize = 65_535 + 4;
+
+fn pre_auth_limit(shared: &Shared) -> usize {
+    shared.config.max_message_size.min(PRE_AUTH_MAX_MESSAGE)
+}
+
 pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> Result<Handshake, HandshakeError> {
-    let mut reader = FrameReader::new(Stream::Plain(tcp), shared.config.max_message_size);
+    let mut reader = FrameReader::new(Stream::Plain(tcp), pre_auth_limit(shared));
     let mut tls_done = false;
     let mut gss_done = false;
     loop {
@@ -69,7 +79,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> 
                 let Stream::Plain(mut tcp) = stream else { return Err(HandshakeError::Refused("TLS twice".into())) };
                 tcp.write_all(b"S").await.map_err(HandshakeError::Tls)?;
                 let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-                reader = FrameReader::with_buffer(Stream::TlsFromClient(Box::new(tls)), BytesMut::new(), shared.config.max_message_size);
+                reader = FrameReader::with_buffer(Stream::TlsFromClient(Box::new(tls)), BytesMut::new(), pre_auth_limit(shared));
             }
             StartupPacket::GssEnc if !gss_done && !reader.get_mut().is_tls() => {
                 gss_done = true;

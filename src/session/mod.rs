@@ -67,7 +67,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     let Some(server) = shared.server(role) else { return };
     let password = shared.backend_password(&user, auth.client_password.as_deref());
-    let conn = match backend::connect(server, &startup, password.as_deref(), shared.config.max_message_size).await {
+    let conn = match backend::connect(server, &startup, password.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             let frame = match &e {

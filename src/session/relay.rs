@@ -392,7 +392,7 @@ impl Relay {
     async fn connect_standby_now(&mut self, role: backend::Role) -> Result<(), String> {
         if self.standby.is_none() {
             let server = self.shared.server(role).ok_or("no such server configured")?;
-            let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref(), self.shared.config.max_message_size)
+            let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
             self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();
@@ -428,6 +428,11 @@ impl Relay {
         self.to_client.push(error);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
         let _ = self.client_wr.shutdown().await;
+        // The server reads Terminate only after the running statement ends, which could then
+        // still commit after the client was told the session is gone: cancel it first.
+        if self.state.outstanding > 0 {
+            let _ = backend::send_cancel(&self.backend.cancel).await;
+        }
         self.terminate_backends().await;
         End::Closed(reason.to_string())
     }

@@ -930,7 +930,7 @@ fn prepare_child(cmd: &mut Command, owner: Option<Owner>, deathsig: libc::c_int)
                 }
                 if libc::getppid() != parent {
                     // Our parent already died between fork and prctl.
-                    return Err(io::Error::new(io::ErrorKind::Other, "parent exited"));
+                    return Err(io::Error::other("parent exited"));
                 }
             }
             Ok(())

@@ -280,13 +280,8 @@ impl TestProxy {
         let (client, mut conn) = self.pg_config(user, password, db).connect(tokio_postgres::NoTls).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                    Some(Ok(m)) => {
-                        let _ = tx.send(m);
-                    }
-                    Some(Err(_)) | None => break,
-                }
+            while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                let _ = tx.send(m);
             }
         });
         Ok((client, rx))
