@@ -6,9 +6,11 @@
 #
 # Scenarios, each on a fresh pair of servers (a cutover is one-way: 15 -> 18):
 #   pgbench-N  pgbench -c N -j 2 -M prepared -l (TPC-B-like, per-transaction log) through
-#              pgcutover; CUTOVER after $CUTOVER_AT s. From the logs: every transaction whose run
-#              overlaps the CUTOVER command, and the longest of them = the client-visible stall;
-#              the longest time in which no client completed anything; failed transactions.
+#              pgcutover; CUTOVER after $CUTOVER_AT s. From the logs: the longest transaction
+#              overlapping the hold window (end of preflight to end of rebind, from the report's
+#              phase durations) = the client-visible stall; the longest overlapping the whole
+#              command (the preflight holds nothing, but its load can slow clients too); the
+#              longest time in which no client completed anything; failed transactions.
 #              Just before the CUTOVER, the replication apply lag under that load is sampled
 #              (a row upserted on 15, polled on 18): the catch-up proof cannot beat it.
 #   idle-N     N ($CUTOVER_IDLE_SESSIONS) idle sessions (bench/pgclient.py), then CUTOVER, timed;
@@ -24,6 +26,7 @@
 #   CUTOVER_OPTIONS=""          appended to the command, e.g. "drain_timeout=2s catchup_timeout=5s"
 #   CUTOVER_KEEP_LOGS=DIR       copy pgbench logs, proxy logs and reports to DIR
 #   BENCH_SKIP_DEPS=1, PGCUTOVER_BIN=PATH   as for bench/run.sh
+# shellcheck disable=SC2154 # PGL_PORT_<name> and friends are set by pgl_start (scripts/pg-local.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$PWD"
@@ -54,7 +57,7 @@ if [ -z "${PGCUTOVER_BIN:-}" ]; then
 fi
 [ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
 
-# shellcheck source=../scripts/pg-local.sh
+# shellcheck source=scripts/pg-local.sh
 . "$REPO/scripts/pg-local.sh"
 pgl_init
 cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
@@ -102,6 +105,9 @@ cutover_cmd() {
 
 ROWS=()
 FAILED=0
+# Table rows: fields separated by \x1f (not a whitespace character, so empty fields survive `read`).
+# shellcheck disable=SC2059 # the format is built just above, not data
+ROW_FORMAT="$(printf '%%s\x1f%.0s' {1..11})%s"
 
 # ------------------------------------------------------------------ pgbench scenarios
 for clients in $CUTOVER_CLIENTS; do
@@ -139,7 +145,15 @@ for clients in $CUTOVER_CLIENTS; do
     bench_rc=$?
     set -e
     [ "$bench_rc" -eq 0 ] || { say "pgbench exited with $bench_rc: $(grep -E 'error|abort' "$PGL_ROOT/$tag.log" | head -n 5)"; FAILED=1; }
-    tx_out="$(python3 "$REPO/bench/txlog.py" --t0 "$t0" --t1 "$t1" "$logdir"/tx.* 2>&1)" || true
+    # The hold window from the report: it starts when the preflight ends and lasts through the
+    # rebind (phases are sequential; their durations are in the report).
+    hold_args=()
+    pre="$(report_get "$report" "phase preflight" | awk '{print $1}')"
+    held="$(for ph in hold catch-up sequences rebind; do report_get "$report" "phase $ph"; done | awk '{ s += $1 } END { print s + 0 }')"
+    if [ -n "$pre" ] && [ "$rc" -eq 0 ]; then
+        hold_args=(--hold-from "$pre" --hold-to "$(awk -v a="$pre" -v b="$held" 'BEGIN { print a + b }')")
+    fi
+    tx_out="$(python3 "$REPO/bench/txlog.py" --t0 "$t0" --t1 "$t1" "${hold_args[@]}" "$logdir"/tx.* 2>&1)" || true
     printf '%s\n' "$tx_out" | grep -v '^RESULT' | sed 's/^/    /' >&2
     tx="$(sed -n 's/^RESULT //p' <<<"$tx_out")"
     [ "$(result_get "$tx" failed)" = 0 ] || FAILED=1
@@ -149,9 +163,10 @@ for clients in $CUTOVER_CLIENTS; do
         cp "$PGL_ROOT/$tag.log" "$CUTOVER_KEEP_LOGS/$tag-pgbench.txt"
     fi
     teardown "$tag"
-    ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$tag" \
+    # shellcheck disable=SC2059
+    ROWS+=("$(printf "$ROW_FORMAT" "$tag" \
         "$([ "$rc" -eq 0 ] && echo completed || echo "FAILED (exit $rc)")" "$(ms_between "$t0" "$t1")" \
-        "$(report_get "$report" "longest hold")" "$(result_get "$tx" spanning)" "$(result_get "$tx" stall_ms)" \
+        "$(report_get "$report" "longest hold")" "$(result_get "$tx" spanning)" "$(result_get "$tx" hold_stall_ms)" "$(result_get "$tx" stall_ms)" \
         "$(result_get "$tx" gap_ms)" "$(result_get "$tx" p50_ms)/$(result_get "$tx" p99_ms)" \
         "$(result_get "$tx" failed)" "$(result_get "$lag" median_ms)/$(result_get "$lag" max_ms)" "-")")
 done
@@ -173,9 +188,10 @@ if [ "$CUTOVER_IDLE_SESSIONS" -gt 0 ]; then
     report="$(sed -n 's/^  | //p' <<<"$hold_out")"
     if [ -n "${CUTOVER_KEEP_LOGS:-}" ]; then printf '%s\n' "$hold_out" >"$CUTOVER_KEEP_LOGS/$tag.txt"; fi
     teardown "$tag"
-    ROWS+=("$(printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s' "$tag" \
+    # shellcheck disable=SC2059
+    ROWS+=("$(printf "$ROW_FORMAT" "$tag" \
         "$([ "$run_ok" = 1 ] && echo completed || echo FAILED)" "$(result_get "$hold" run_ms)" \
-        "$(report_get "$report" "longest hold")" "-" "-" "-" "-" "-" "-" \
+        "$(report_get "$report" "longest hold")" "-" "-" "-" "-" "-" "-" "-" \
         "$(result_get "$hold" on_expected_version)/$(result_get "$hold" opened) on 18, $(result_get "$hold" check_failed) failed")")
 fi
 
@@ -184,11 +200,16 @@ echo
 echo "CUTOVER benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
 echo "pgbench scenarios: TPC-B-like -M prepared -j 2, scale $CUTOVER_SCALE, CUTOVER at ${CUTOVER_AT}s of ${CUTOVER_SECONDS}s${CUTOVER_OPTIONS:+, options: $CUTOVER_OPTIONS}"
 echo
-echo "| scenario | outcome | CUTOVER command ms | report: longest hold | tx overlapping | longest overlapping tx ms (stall) | longest no-completion gap ms | baseline p50/p99 ms | failed tx | apply lag before, median/max ms | sessions after |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| scenario | outcome | CUTOVER command ms | report: longest hold | tx overlapping the command | longest tx overlapping the hold ms (stall) | longest tx overlapping the command ms | longest no-completion gap ms | baseline p50/p99 ms | failed tx | apply lag before, median/max ms | sessions after |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 for row in "${ROWS[@]}"; do
-    IFS=$'\t' read -r -a f <<<"$row"
-    printf '|'; for v in "${f[@]}"; do printf ' %s |' "${v:--}"; done; echo
+    IFS=$'\x1f' read -r -a f <<<"$row"
+    printf '|'
+    for v in "${f[@]}"; do
+        case "$v" in '' | nan | '/' | 'nan/nan') v=- ;; esac
+        printf ' %s |' "$v"
+    done
+    echo
 done
 echo
 if [ "$FAILED" -ne 0 ]; then

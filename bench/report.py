@@ -33,6 +33,7 @@ def main():
     p.add_argument("--jobs", required=True)
     p.add_argument("--versions", default="")
     p.add_argument("--machine", default="")
+    p.add_argument("--cores", default="?")
     a = p.parse_args()
 
     rows = read_tsv(a.raw)
@@ -94,8 +95,12 @@ def main():
             line.append(fmt(cpu_per_1k(key, t), 3))
         w("| " + " | ".join(line) + " |")
     failed = sum(c["failed"] for c in cells.values())
+    loads = [float(r["loadavg"]) for r in rows if r.get("loadavg")]
     w("")
     w(f"Failed transactions over all runs: {failed}.")
+    if loads:
+        w(f"1-minute load average at the end of each run: {min(loads):.1f}–{max(loads):.1f} "
+          f"(median {statistics.median(loads):.1f}) on {a.cores} cores; pgbench, Postgres and the proxy share them.")
 
     mem = read_tsv(a.memory)
     if mem:

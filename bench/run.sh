@@ -30,6 +30,7 @@
 #   BENCH_OUT=FILE             also write the report (markdown) to FILE
 #   BENCH_SKIP_DEPS=1          do not run scripts/install-deps.sh
 #   PGCUTOVER_BIN=PATH         use this binary instead of building target/release/pgcutover
+# shellcheck disable=SC2154 # PGL_PORT_<name> and friends are set by pgl_start (scripts/pg-local.sh)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$PWD"
@@ -65,7 +66,7 @@ if [ -z "${PGCUTOVER_BIN:-}" ]; then
 fi
 [ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
 
-# shellcheck source=../scripts/pg-local.sh
+# shellcheck source=scripts/pg-local.sh
 . "$REPO/scripts/pg-local.sh"
 pgl_init
 # A private copy: a concurrent rebuild cannot swap the binary between runs.
@@ -136,7 +137,7 @@ done
 
 # ------------------------------------------------------------------ throughput
 RAW="$PGL_ROOT/raw.tsv"
-printf 'mode\tprotocol\tclients\ttarget\tround\ttps\ttransactions\tfailed\tcpu_ticks\n' >"$RAW"
+printf 'mode\tprotocol\tclients\ttarget\tround\ttps\ttransactions\tfailed\tcpu_ticks\tloadavg\n' >"$RAW"
 
 runs=0
 for _ in $BENCH_MODES; do for _ in $BENCH_PROTOCOLS; do for _ in $BENCH_CLIENTS; do for _ in $BENCH_TARGETS; do
@@ -171,9 +172,9 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
                     tps="$(awk -F'[ =]+' '/^tps = / { print $2; exit }' "$log")"
                     tx="$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$log")"
                     failed="$(awk -F': *' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$log")"
-                    [ -n "$tps" ] && [ -n "$tx" ] || { cat "$log" >&2; die "cannot parse pgbench output"; }
-                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$proto" "$clients" "$target" "$round" \
-                        "$tps" "$tx" "${failed:-0}" "$((after - before))" >>"$RAW"
+                    if [ -z "$tps" ] || [ -z "$tx" ]; then cat "$log" >&2; die "cannot parse pgbench output"; fi
+                    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$proto" "$clients" "$target" "$round" \
+                        "$tps" "$tx" "${failed:-0}" "$((after - before))" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
                     say "[$n/$runs] $mode -M $proto -c $clients via $target: $tps tps, $tx tx, cpu $((after - before)) ticks"
                 done
             done
@@ -196,7 +197,7 @@ if [ "$BENCH_IDLE_SESSIONS" -gt 0 ]; then
         say "memory: $BENCH_IDLE_SESSIONS idle sessions through a fresh $t (pid $PROXY_PID)"
         out="$(python3 "$REPO/bench/pgclient.py" measure --port "$PROXY_PORT" --count "$BENCH_IDLE_SESSIONS" --pid "$PROXY_PID")" \
             || { echo "$out" >&2; die "idle-session measurement via $t failed"; }
-        echo "$out" | sed 's/^/  /' >&2
+        printf '%s\n' "$out" | sed 's/^/  /' >&2 # indent for the log
         result="$(echo "$out" | sed -n 's/^RESULT //p')"
         get() { tr ' ' '\n' <<<"$result" | sed -n "s/^$1=//p"; }
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "$(get sessions)" "$(get rss_before_0)" "$(get rss_after_0)" \
@@ -210,7 +211,7 @@ versions="pgcutover $("$PGCUTOVER" --version | awk '{print $2}') ($(git -C "$REP
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 report="$(python3 "$REPO/bench/report.py" --raw "$RAW" --memory "$MEM" --clk-tck "$CLK_TCK" \
     --seconds "$BENCH_SECONDS" --rounds "$BENCH_ROUNDS" --scale "$BENCH_SCALE" --jobs "$BENCH_JOBS" \
-    --versions "$versions" --machine "$machine")"
+    --versions "$versions" --machine "$machine" --cores "$(nproc)")"
 echo "$report"
 if [ -n "${BENCH_OUT:-}" ]; then
     printf '%s\n' "$report" >"$BENCH_OUT"

@@ -5,9 +5,12 @@ pgbench 15 log lines: client_id transaction_no time script_no time_epoch time_us
 where `time` is the transaction's latency in µs (or "failed"/"skipped") and time_epoch.time_us
 is when it completed. A transaction ran from (completion - latency) to completion.
 
-  txlog.py --t0 EPOCH --t1 EPOCH LOGFILE...
+  txlog.py --t0 EPOCH --t1 EPOCH [--hold-from MS --hold-to MS] LOGFILE...
 
 t0/t1: when the CUTOVER command was sent and when it returned (epoch seconds, fractional).
+--hold-from/--hold-to: the hold window (gate closed until every session is rebound), in ms after
+t0, from the CUTOVER report's phase durations; transactions overlapping it are the ones the hold
+itself delayed (the preflight before it holds nothing).
 Reports: transactions whose run overlaps [t0, t1] and the longest of them (the client-visible
 stall), the latency baseline (p50/p99 over the 5 s before t0), the longest interval during
 [t0, t1 + 1 s] in which no client completed any transaction, and failed transactions.
@@ -29,6 +32,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--t0", type=float, required=True)
     p.add_argument("--t1", type=float, required=True)
+    p.add_argument("--hold-from", type=float, help="ms after t0")
+    p.add_argument("--hold-to", type=float, help="ms after t0")
     p.add_argument("logs", nargs="+")
     a = p.parse_args()
 
@@ -60,6 +65,11 @@ def main():
     longest = max(spanning, key=lambda t: t[2]) if spanning else None
     baseline = sorted(t[2] for t in tx if t0 - 5.0 <= t[1] < t0)
     overall = max(tx, key=lambda t: t[2])
+    held_longest = None
+    if a.hold_from is not None and a.hold_to is not None:
+        h0, h1 = t0 + a.hold_from / 1000.0, t0 + a.hold_to / 1000.0
+        held = [t for t in tx if t[0] < h1 and t[1] > h0]
+        held_longest = max(held, key=lambda t: t[2]) if held else None
 
     # Longest interval without any completion, within [t0, t1 + 1 s].
     window_end = t1 + 1.0
@@ -77,12 +87,17 @@ def main():
     if longest:
         print(f"longest transaction overlapping the cutover: {ms(longest[2]):.1f} ms "
               f"(client {longest[3]}, started {ms(longest[0] - t0):+.0f} ms, ended {ms(longest[1] - t0):+.0f} ms relative to CUTOVER)")
+    if held_longest:
+        print(f"hold window {a.hold_from:+.0f}..{a.hold_to:+.0f} ms: longest transaction overlapping it {ms(held_longest[2]):.1f} ms "
+              f"(client {held_longest[3]}, started {ms(held_longest[0] - t0):+.0f} ms, ended {ms(held_longest[1] - t0):+.0f} ms), "
+              f"{ms(held_longest[2] - pct(baseline, 0.5)):.1f} ms above the baseline p50")
     print(f"longest time with no transaction completing (from CUTOVER to 1 s after it returned): {ms(gap):.1f} ms "
           f"(from {ms(gap_at - t0):+.0f} ms)")
     print(f"longest transaction of the whole run: {ms(overall[2]):.1f} ms (ended {ms(overall[1] - t0):+.0f} ms relative to CUTOVER)")
     print("RESULT " + " ".join([
         f"transactions={len(tx)}", f"failed={failed}", f"skipped={skipped}", f"spanning={len(spanning)}",
         f"stall_ms={ms(longest[2]) if longest else 0:.1f}", f"gap_ms={ms(gap):.1f}",
+        f"hold_stall_ms={ms(held_longest[2]) if held_longest else float('nan'):.1f}",
         f"p50_ms={ms(pct(baseline, 0.5)):.1f}", f"p99_ms={ms(pct(baseline, 0.99)):.1f}",
         f"window_ms={ms(t1 - t0):.0f}", f"run_max_ms={ms(overall[2]):.1f}",
     ]))

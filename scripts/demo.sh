@@ -15,7 +15,11 @@
 #
 # Environment: DEMO_SCALE=10 DEMO_CLIENTS=16 DEMO_JOBS=2 DEMO_SECONDS=20 DEMO_CUTOVER_AFTER=8
 #   DEMO_SKIP_DEPS=1 (skip install-deps), PGCUTOVER_BIN=path (skip the build),
-#   PGL_KEEP=1 (keep the temp dir with all logs), PGCUTOVER_LOG=info (proxy log level).
+#   PGL_KEEP=1 (keep the temp dir with all logs), PGCUTOVER_LOG=info (proxy log level),
+#   DEMO_CONFIG=proxy.toml: run `pgcutover serve --config FILE` instead of the flags; the servers
+#     then start on the ports of the file's [old]/[new] URLs (127.0.0.1 only), and the proxy,
+#     admin and metrics ports are the file's. E.g.
+#     PGL_PORT_old=5415 PGL_PORT_new=5418 DEMO_CONFIG=proxy.toml scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO="$PWD"
@@ -48,7 +52,38 @@ if [ -z "${PGCUTOVER_BIN:-}" ]; then
 fi
 [ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
 
-# shellcheck source=pg-local.sh
+# With DEMO_CONFIG: read the addresses from the file (flags are not used then).
+if [ -n "${DEMO_CONFIG:-}" ]; then
+    [ -f "$DEMO_CONFIG" ] || die "DEMO_CONFIG=$DEMO_CONFIG: no such file"
+    DEMO_CONFIG="$(cd "$(dirname "$DEMO_CONFIG")" && pwd)/$(basename "$DEMO_CONFIG")"
+    addresses="$(python3 - "$DEMO_CONFIG" <<'EOF'
+import sys, tomllib, urllib.parse
+c = tomllib.load(open(sys.argv[1], "rb"))
+def port(key, addr):
+    if addr is None:
+        sys.exit(f"{key} is not set in {sys.argv[1]}; the demo needs it")
+    host, _, p = addr.rpartition(":")
+    if host != "127.0.0.1":
+        sys.exit(f"{key} = {addr!r}: the demo needs 127.0.0.1")
+    return p
+def server(name):
+    url = urllib.parse.urlparse(c.get(name, {}).get("url") or sys.exit(f"[{name}] url is not set in {sys.argv[1]}"))
+    if url.hostname != "127.0.0.1" or url.username != "postgres":
+        sys.exit(f"[{name}] url must be postgres://postgres@127.0.0.1:PORT/... for the demo")
+    return str(url.port or 5432)
+if c.get("auth", "scram-sha-256") != "trust":
+    sys.exit("the demo needs auth = \"trust\"")
+print(port("listen", c.get("listen", "127.0.0.1:6432")), port("admin_listen", c.get("admin_listen")),
+      port("metrics_listen", c.get("metrics_listen")), server("old"), server("new"))
+EOF
+)" || die "DEMO_CONFIG=$DEMO_CONFIG cannot be used for the demo: $addresses"
+    read -r CFG_PROXY_PORT CFG_ADMIN_PORT CFG_METRICS_PORT CFG_OLD_PORT CFG_NEW_PORT <<<"$addresses"
+    [ "${PGL_PORT_old:-$CFG_OLD_PORT}" = "$CFG_OLD_PORT" ] || die "PGL_PORT_old=$PGL_PORT_old but $DEMO_CONFIG says $CFG_OLD_PORT"
+    [ "${PGL_PORT_new:-$CFG_NEW_PORT}" = "$CFG_NEW_PORT" ] || die "PGL_PORT_new=$PGL_PORT_new but $DEMO_CONFIG says $CFG_NEW_PORT"
+    export PGL_PORT_old="$CFG_OLD_PORT" PGL_PORT_new="$CFG_NEW_PORT"
+fi
+
+# shellcheck source=scripts/pg-local.sh
 . "$REPO/scripts/pg-local.sh"
 pgl_init
 PGCUTOVER="$PGCUTOVER_BIN"
@@ -71,17 +106,23 @@ info "subscription $PGL_SUBSCRIPTION on 18: every table in state 'r' (streaming)
 info "accounts on 18: $(pgl_sql new postgres 'SELECT count(*) FROM pgbench_accounts')"
 
 # ------------------------------------------------------------------ 4. the proxy
-PROXY_PORT="$(pgl_free_port)"
-ADMIN_PORT="$(pgl_free_port)"
-METRICS_PORT="$(pgl_free_port)"
+if [ -n "${DEMO_CONFIG:-}" ]; then
+    PROXY_PORT="$CFG_PROXY_PORT" ADMIN_PORT="$CFG_ADMIN_PORT" METRICS_PORT="$CFG_METRICS_PORT"
+    serve=("$PGCUTOVER" serve --config "$DEMO_CONFIG")
+else
+    PROXY_PORT="$(pgl_free_port)"
+    ADMIN_PORT="$(pgl_free_port)"
+    METRICS_PORT="$(pgl_free_port)"
+    serve=("$PGCUTOVER" serve --listen "127.0.0.1:$PROXY_PORT"
+        --old "postgres://postgres@127.0.0.1:$PGL_PORT_old/postgres"
+        --new "postgres://postgres@127.0.0.1:$PGL_PORT_new/postgres"
+        --admin-listen "127.0.0.1:$ADMIN_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --auth trust)
+fi
 step "starting pgcutover on 127.0.0.1:$PROXY_PORT (admin 127.0.0.1:$ADMIN_PORT, metrics 127.0.0.1:$METRICS_PORT)"
-serve=("$PGCUTOVER" serve --listen "127.0.0.1:$PROXY_PORT"
-    --old "postgres://postgres@127.0.0.1:$PGL_PORT_old/postgres"
-    --new "postgres://postgres@127.0.0.1:$PGL_PORT_new/postgres"
-    --admin-listen "127.0.0.1:$ADMIN_PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" --auth trust)
 info "${serve[*]}"
 PGCUTOVER_LOG="${PGCUTOVER_LOG:-info}" pgl_spawn pgcutover "${serve[@]}"
 PROXY_PID="$PGL_SPAWNED_PID"
+info "pgcutover pid $PROXY_PID, log $PGL_ROOT/pgcutover.log (kept after exit with PGL_KEEP=1)"
 if ! pgl_wait_port "$PROXY_PORT" 30; then
     die "pgcutover did not start listening; its log:
 $(tail -n 30 "$PGL_ROOT/pgcutover.log")"
@@ -96,8 +137,8 @@ pgl_spawn pgbench env PGSSLMODE=disable PGGSSENCMODE=disable \
     -c "$DEMO_CLIENTS" -j "$DEMO_JOBS" -T "$DEMO_SECONDS" -M prepared -P 2 postgres
 PGBENCH_PID="$PGL_SPAWNED_PID"
 PGBENCH_LOG="$PGL_ROOT/pgbench.log"
-# Show pgbench's progress lines as they come.
-tail -n +1 -F --pid="$PGBENCH_PID" "$PGBENCH_LOG" 2>/dev/null | sed -u 's/^/    pgbench | /' &
+# Show pgbench's progress lines as they come (the summary is printed once it is done).
+tail -n +1 -F --pid="$PGBENCH_PID" "$PGBENCH_LOG" 2>/dev/null | sed -u -n '/^transaction type:/q; s/^/    pgbench | /p' &
 TAIL_PID=$!
 pgl_on_exit "kill $TAIL_PID 2>/dev/null || true"
 

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # PGL_* variables are set for the scripts that source this file
 # pg-local.sh — throwaway local Postgres servers for scripts/demo.sh and bench/.
 #
 # Source it (do not execute it):
@@ -98,7 +99,7 @@ pgl_raise_nofile() {
 pgl_sweep_stale() {
     local d owner pm
     for d in /tmp/pgcutover-local.*; do
-        [ -d "$d" ] && [ -f "$d/owner.pid" ] || continue
+        if [ ! -d "$d" ] || [ ! -f "$d/owner.pid" ]; then continue; fi
         owner="$(cat "$d/owner.pid" 2>/dev/null || true)"
         if [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; then continue; fi
         for pidfile in "$d"/*/data/postmaster.pid "$d"/*.pid; do
@@ -194,7 +195,7 @@ pgl_start() {
     [ -n "$PGL_ROOT" ] || pgl_init
     local bin dir port portvar out
     bin="$(pgl_bin_dir "$version")"
-    [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ] || pgl_die "Postgres $version binaries missing in $bin (run scripts/install-deps.sh)"
+    { [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ]; } || pgl_die "Postgres $version binaries missing in $bin (run scripts/install-deps.sh)"
     dir="$PGL_ROOT/$name"
     mkdir -p "$dir/sock"
     if pgl_is_root; then chown -R "$PGL_RUN_USER:" "$dir"; fi
@@ -305,18 +306,20 @@ pgl_url() { printf 'postgres://postgres@%s:%s/%s\n' "$PGL_HOST" "$(pgl_var PORT 
 # pgl_conninfo NAME [DB] -> libpq keyword/value string (for CREATE SUBSCRIPTION)
 pgl_conninfo() { printf 'host=%s port=%s user=postgres dbname=%s\n' "$PGL_HOST" "$(pgl_var PORT "$1")" "${2:-postgres}"; }
 
-# Client tools (Postgres 15's; they talk to 18 fine) with a clean PG* environment.
+# Client tools (Postgres 15's; they talk to 18 fine) with a clean PG* environment
+# (PGOPTIONS only from PGL_PGOPTIONS).
 pgl_client() {
     local tool="$1"; shift
-    env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGSERVICE -u PGOPTIONS \
-        PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 \
+    env -u PGHOST -u PGPORT -u PGUSER -u PGDATABASE -u PGPASSWORD -u PGSERVICE \
+        PGOPTIONS="${PGL_PGOPTIONS:-}" PGSSLMODE=disable PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 \
         "$PGL_CLIENT_BIN/$tool" "$@"
 }
 
 # pgl_psql NAME DB [psql args...]: psql as postgres over TCP, -XAtq, stop on error.
 pgl_psql() {
     local name="$1" db="$2"; shift 2
-    pgl_client psql -XAtq -v ON_ERROR_STOP=1 -h "$PGL_HOST" -p "$(pgl_var PORT "$name")" -U postgres -d "$db" "$@"
+    PGL_PGOPTIONS="-c client_min_messages=warning" \
+        pgl_client psql -XAtq -v ON_ERROR_STOP=1 -h "$PGL_HOST" -p "$(pgl_var PORT "$name")" -U postgres -d "$db" "$@"
 }
 
 # pgl_sql NAME DB "SQL": one statement's result, trimmed.
@@ -337,7 +340,7 @@ pgl_pgbench() {
 pgl_replicate() {
     local old="$1" new="$2" db="$3" timeout="${4:-300}"
     local sub pub="pgcutover_pub" dump i state want
-    sub="pgcutover_$(printf '%s' "$db" | tr -c 'A-Za-z0-9_' '_' | tr 'A-Z' 'a-z')"
+    sub="pgcutover_$(printf '%s' "$db" | tr -c '[:alnum:]_' '_' | tr '[:upper:]' '[:lower:]')"
     [ "$(pgl_sql "$new" postgres "SELECT count(*) FROM pg_database WHERE datname = '$db'")" = 1 ] \
         || pgl_sql "$new" postgres "CREATE DATABASE \"$db\"" >/dev/null
     dump="$PGL_ROOT/schema-$db.sql"

@@ -1063,10 +1063,10 @@ fn write_config(data_dir: &Path, socket_dir: &Path, version: u32) {
          unix_socket_directories = '{}'\n\
          wal_level = logical\n\
          max_connections = 400\n\
-         max_replication_slots = 20\n\
-         max_wal_senders = 20\n\
-         max_worker_processes = 48\n\
-         max_logical_replication_workers = 40\n\
+         max_replication_slots = 50\n\
+         max_wal_senders = 50\n\
+         max_worker_processes = 96\n\
+         max_logical_replication_workers = 80\n\
          fsync = off\n\
          synchronous_commit = on\n\
          full_page_writes = off\n\
@@ -1082,7 +1082,7 @@ fn write_config(data_dir: &Path, socket_dir: &Path, version: u32) {
     );
     if version >= 18 {
         // PG 18: subscriptions each need an active replication origin (default limit 10).
-        conf.push_str("max_active_replication_origins = 20\n");
+        conf.push_str("max_active_replication_origins = 50\n");
     }
     let conf_path = data_dir.join("postgresql.conf");
     let mut f = OpenOptions::new()
