@@ -269,7 +269,7 @@ fn abort_when_new_is_down_keeps_pgbench_on_old() {
 }
 
 #[test]
-fn abort_when_replication_stalls_resumes_on_old() {
+fn stalled_replication_fails_the_preflight_before_anything_is_held() {
     let (old, new) = (support::old(), support::new());
     let db = old.create_database("cut_stall");
     let port = old.port.to_string();
@@ -293,7 +293,8 @@ fn abort_when_replication_stalls_resumes_on_old() {
     thread::sleep(Duration::from_secs(1));
     let options = CutoverOptions { catchup_timeout: Some(Duration::from_millis(800)), ..Default::default() };
     let err = run_cutover(&proxy, options).expect_err("catch-up cannot be proven");
-    assert!(matches!(&err, CutoverError::Aborted { phase, .. } if phase == "catch-up"), "{err}");
+    // The rehearsal round trip (nothing held yet) finds the stall.
+    assert!(matches!(&err, CutoverError::Preflight(reason) if reason.contains("did not apply a test commit")), "{err}");
     let result = bench.join().expect("pgbench");
     result.assert_success();
     assert_eq!(result.failed, 0, "{result}");
@@ -302,6 +303,66 @@ fn abort_when_replication_stalls_resumes_on_old() {
     assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
     // Clear the conflict so this database's subscription does not spin for the rest of the run.
     new.psql(&db, "DELETE FROM blocker");
+    proxy.assert_no_panics();
+}
+
+#[test]
+fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continues_on_old() {
+    let (old, new) = (support::old(), support::new());
+    let db = old.create_database("cut_sub_off");
+    let port = old.port.to_string();
+    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
+        .assert_success();
+    let sub = support::setup_replication(old, new, &db);
+    let proxy = Arc::new(proxy(old, new, FileConfig::default()));
+    let bench = {
+        let port = proxy.port();
+        let db = db.clone();
+        thread::spawn(move || {
+            let p = port.to_string();
+            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "8", "-M", "prepared", "-n", &db], &[])
+        })
+    };
+    // A statement that keeps the drain busy long enough to disable the subscription meanwhile.
+    let sleeper = {
+        let addr = proxy.addr;
+        let db = db.clone();
+        thread::spawn(move || {
+            let mut raw = RawConn::login(addr, SUPERUSER, "", &db);
+            thread::sleep(Duration::from_millis(1500));
+            raw.simple_query("SELECT pg_sleep(3)");
+            raw.query_values("SELECT 'still here'")
+        })
+    };
+    thread::sleep(Duration::from_millis(1600));
+    let cutover = {
+        let proxy = proxy.clone();
+        thread::spawn(move || {
+            let options = CutoverOptions {
+                drain_timeout: Some(Duration::from_secs(6)),
+                catchup_timeout: Some(Duration::from_millis(800)),
+                ..Default::default()
+            };
+            run_cutover(&proxy, options)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(proxy.shared.cutover.phase(), "hold", "the cutover reached the hold");
+    new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    let err = cutover.join().expect("cutover thread").expect_err("catch-up cannot be proven");
+    assert!(matches!(&err, CutoverError::Aborted { phase, .. } if phase == "catch-up"), "{err}");
+    assert_eq!(err.sqlstate(), "57014");
+    assert_eq!(sleeper.join().expect("sleeper"), vec!["still here".to_string()], "the held session continued without an error");
+    let result = bench.join().expect("pgbench");
+    result.assert_success();
+    assert_eq!(result.failed, 0, "{result}");
+    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
+    assert_eq!(count, result.processed, "everything committed on old");
+    assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
+    new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} ENABLE"));
     proxy.assert_no_panics();
 }
 

@@ -16,8 +16,8 @@ fn old_is_15_and_new_is_18() {
     for s in [old(), new()] {
         assert_eq!(s.psql("postgres", "SHOW wal_level"), "logical");
         assert_eq!(s.psql("postgres", "SHOW max_connections"), "400");
-        assert_eq!(s.psql("postgres", "SHOW max_replication_slots"), "20");
-        assert_eq!(s.psql("postgres", "SHOW max_wal_senders"), "20");
+        assert_eq!(s.psql("postgres", "SHOW max_replication_slots"), "50");
+        assert_eq!(s.psql("postgres", "SHOW max_wal_senders"), "50");
         assert_eq!(s.psql("postgres", "SHOW fsync"), "off");
         // The server process runs unprivileged.
         assert_eq!(s.psql("postgres", "SELECT current_setting('data_directory') <> ''"), "t");

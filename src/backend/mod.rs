@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::auth::{md5_response_from_password, ScramClient};
 use crate::config::{ServerConfig, SslMode};
-use crate::net::Stream;
+use crate::net::{Stream, StreamReader, StreamWriter};
 use crate::protocol::messages::{self, parse_error_fields, parse_parameter_status, ErrorFields};
 use crate::protocol::startup::{StartupMessage, SSL_REQUEST};
 use crate::protocol::FrameReader;
@@ -68,8 +68,8 @@ pub struct CancelTarget {
 
 pub struct BackendConn {
     pub role: Role,
-    pub reader: FrameReader<ReadHalf<Stream>>,
-    pub writer: WriteHalf<Stream>,
+    pub reader: FrameReader<StreamReader>,
+    pub writer: StreamWriter,
     /// ParameterStatus values the server reported during startup.
     pub params: Vec<(String, String)>,
     pub cancel: CancelTarget,
@@ -94,7 +94,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let stream = negotiate_tls(tcp, server).await.map_err(|e| unreachable(e.to_string()))?;
-    let (read, mut writer) = tokio::io::split(stream);
+    let (read, mut writer) = stream.split();
     let mut reader = FrameReader::new(read, SERVER_MAX_MESSAGE);
     let io_err = |e: std::io::Error| unreachable(e.to_string());
     writer.write_all(&startup.encode_for_server(&[])).await.map_err(io_err)?;

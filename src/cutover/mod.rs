@@ -141,7 +141,41 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         release_standbys(shared);
         CutoverError::Preflight(format!("pre-warm on new failed: {e}"))
     })?;
-    timeline.next(shared, "hold", format!("{} checks passed, {} databases, {prewarmed} connections pre-warmed on new", checks.len(), links.len()));
+    // A sentinel round trip while nothing is held: it measures the apply lag in time (bytes
+    // alone say little) and leaves new caught up just before the hold, so the proof inside
+    // the hold only waits for the last few commits.
+    let rehearsal = join_all(links.iter().map(|link| async {
+        let (token, _) = sentinel::write(&link.old).await?;
+        sentinel::wait_applied(&link.new, &token, catchup_timeout, &aborted).await
+    }))
+    .await;
+    for (link, lag) in links.iter().zip(rehearsal) {
+        match lag {
+            Ok(waited) => timeline.fact(&format!("{}: apply lag before the hold", link.name), format!("{} ms", timeline::ms(waited)), "a sentinel round trip, nothing held"),
+            Err(e) => {
+                release_standbys(shared);
+                return Err(CutoverError::Preflight(format!("{}: replication did not apply a test commit while nothing was held: {e}", link.name)));
+            }
+        }
+    }
+    if aborted() {
+        release_standbys(shared);
+        return Err(CutoverError::Preflight("abort requested".into()));
+    }
+
+    timeline.next(
+        shared,
+        "hold",
+        format!(
+            "{} checks passed, {} databases, {} connections pre-warmed on new ({} sessions already replayed there, {} busy, {} unmovable)",
+            checks.len(),
+            links.len(),
+            prewarmed.connections,
+            prewarmed.ready,
+            prewarmed.busy,
+            prewarmed.unmovable
+        ),
+    );
 
     // b + c. Hold and drain.
     shared.gate.set_held(true);
@@ -272,12 +306,11 @@ fn resume_on_old(shared: &Shared) {
     shared.gate.set(GateState { held: false, active: Role::Old });
 }
 
-/// Preflight failed after pre-warming: sessions drop their standby connections.
+/// The cutover stopped before holding: sessions close their pre-warmed connections.
 fn release_standbys(shared: &Shared) {
-    // A hold/release pair makes parked-free sessions discard standbys on their next unpark;
-    // sessions that never parked simply keep the unused connection until they end, so close
-    // them explicitly by cycling the gate.
-    shared.gate.set(GateState { held: false, active: Role::Old });
+    for handle in shared.registry.all() {
+        let _ = handle.commands.send(Command::DropStandby);
+    }
 }
 
 async fn unfence(links: &[preflight::DatabaseLink]) {

@@ -100,7 +100,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     greeting.extend_from_slice(&messages::ready_for_query(b'I'));
 
     let (stream, buffered) = reader.into_parts();
-    let (client_read, client_write) = tokio::io::split(stream);
+    let (client_read, client_write) = stream.split();
     shared.metrics.clients.inc();
     tracing::info!(session = handle.id, client = %addr, %user, %database, server = conn.role.as_str(), "session opened");
     let mut relay = Relay {

@@ -16,13 +16,27 @@ use crate::protocol::startup::StartupMessage;
 /// Requests from the cutover coordinator to one session.
 pub enum Command {
     /// A connection on the new server, authenticated with this session's startup parameters.
-    Attach(Box<BackendConn>),
+    /// The session answers once it has replayed its state there (or why it has not yet).
+    Attach { conn: Box<BackendConn>, reply: tokio::sync::oneshot::Sender<Prepared> },
     /// The drain deadline passed: cancel what runs, resolve an idle transaction as told.
     Interrupt { idle_in_transaction: crate::config::IdleInTransaction },
     /// The session cannot move: end it with this FATAL.
     Close { sqlstate: &'static str, message: String },
+    /// The cutover stopped before holding anything: close the standby connection.
+    DropStandby,
     /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors).
     Probe,
+}
+
+/// How a session took its standby connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Its state is on the standby: if it stays idle, the switch is a pointer swap.
+    Ready,
+    /// It is busy; it prepares when it is held at its next transaction boundary.
+    Busy,
+    /// It holds state that cannot move (the reason says which).
+    Unmovable(String),
 }
 
 /// Where a session stands with respect to a hold.

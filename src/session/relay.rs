@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use super::outbound::Outbound;
-use super::registry::{Command, Park, SessionHandle};
+use super::registry::{Command, Park, Prepared, SessionHandle};
 use super::snapshot::{self, Snapshot};
 use super::state::{ClientEvent, ProtocolState};
 use crate::backend::{self, BackendConn};
 use crate::config::IdleInTransaction;
 use crate::cutover::gate::GateState;
-use crate::net::Stream;
+use crate::net::{StreamReader, StreamWriter};
 use crate::protocol::messages::{self, error_response, fatal, parse_error_fields, Severity};
 use crate::protocol::{FrameIter, FrameReader};
 use crate::proxy::Shared;
@@ -26,8 +26,8 @@ pub struct Relay {
     pub handle: Arc<SessionHandle>,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub gate: watch::Receiver<GateState>,
-    pub client_rd: FrameReader<ReadHalf<Stream>>,
-    pub client_wr: WriteHalf<Stream>,
+    pub client_rd: FrameReader<StreamReader>,
+    pub client_wr: StreamWriter,
     pub backend: BackendConn,
     pub standby: Option<BackendConn>,
     pub state: ProtocolState,
@@ -45,6 +45,17 @@ pub struct Relay {
     pub bytes_out: u64,
 }
 
+type GateChanged = std::pin::Pin<Box<dyn std::future::Future<Output = (Result<(), watch::error::RecvError>, watch::Receiver<GateState>)> + Send>>;
+
+/// Completes when the gate changes after what `rx` has seen. The loop reads the state from its
+/// own receiver afterwards, so a change between that read and this wait is never missed.
+fn watch_gate(mut rx: watch::Receiver<GateState>) -> GateChanged {
+    Box::pin(async move {
+        let changed = rx.changed().await;
+        (changed, rx)
+    })
+}
+
 /// How a session ended, for the log line.
 pub enum End {
     ClientClosed,
@@ -55,7 +66,11 @@ pub enum End {
 
 impl Relay {
     pub async fn run(&mut self) -> End {
-        let close_sessions = self.shared.close_sessions.clone();
+        // Both waits live across iterations: re-creating them on every pass would register
+        // with (and leave) notifiers every session shares, several times per transaction.
+        let closing = self.shared.close_sessions.clone().cancelled_owned();
+        tokio::pin!(closing);
+        let mut gate_changed = watch_gate(self.gate.clone());
         loop {
             let gate = *self.gate.borrow_and_update();
             if let Some(end) = self.apply_gate(gate).await {
@@ -70,7 +85,7 @@ impl Relay {
             let write_client = self.to_client.pending();
             tokio::select! {
                 biased;
-                _ = close_sessions.cancelled() => {
+                _ = &mut closing => {
                     return self.close_with(fatal("57P01", "terminating connection: pgcutover is shutting down"), "proxy shutdown").await;
                 }
                 command = self.commands.recv() => {
@@ -78,10 +93,11 @@ impl Relay {
                         return end;
                     }
                 }
-                changed = self.gate.changed() => {
+                (changed, rx) = &mut gate_changed => {
                     if changed.is_err() {
                         return End::Closed("proxy stopped".into());
                     }
+                    gate_changed = watch_gate(rx);
                 }
                 batch = self.backend.reader.read_batch(), if read_backend => match batch {
                     Ok(Some(batch)) => self.on_backend_batch(batch),
@@ -196,7 +212,7 @@ impl Relay {
 
     async fn on_command(&mut self, command: Option<Command>) -> Option<End> {
         match command? {
-            Command::Attach(conn) => {
+            Command::Attach { conn, reply } => {
                 self.shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
                 if let Some(old) = self.standby.replace(*conn) {
                     self.drop_connection(old).await;
@@ -204,11 +220,29 @@ impl Relay {
                 self.prepared_move = false;
                 self.standby_replayed = false;
                 // An idle session prepares its move now, before any hold: if it stays idle,
-                // the hold costs it nothing but the pointer swap.
-                if self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
-                    if let Park::Unmovable(reason) = self.prepare_move().await {
-                        tracing::debug!(session = self.handle.id, %reason, "not movable yet");
+                // the hold costs it nothing but the pointer swap. A busy one would only have
+                // to do it again at its next boundary.
+                let idle = self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none();
+                let prepared = if !idle {
+                    Prepared::Busy
+                } else {
+                    match self.prepare_move().await {
+                        Park::Unmovable(reason) => {
+                            tracing::debug!(session = self.handle.id, %reason, "not movable yet");
+                            Prepared::Unmovable(reason)
+                        }
+                        _ if self.prepared_move => Prepared::Ready,
+                        _ => Prepared::Busy,
                     }
+                };
+                let _ = reply.send(prepared);
+                None
+            }
+            Command::DropStandby => {
+                if self.parked_since.is_none() {
+                    self.terminate_standby().await;
+                    self.prepared_move = false;
+                    self.standby_replayed = false;
                 }
                 None
             }
@@ -371,7 +405,6 @@ impl Relay {
             self.state.params.insert(k, v);
         }
         let old = std::mem::replace(&mut self.backend, standby);
-        self.drop_connection(old).await;
         if let Ok(mut t) = self.handle.cancel_target.lock() {
             *t = Some(self.backend.cancel.clone());
         }
@@ -386,6 +419,8 @@ impl Relay {
         self.prepared_move = false;
         self.standby_replayed = false;
         self.handle.park.send_replace(Park::Switched { held_ms });
+        // Only now, after confirming: ending the old backend is not part of the move.
+        self.drop_connection(old).await;
         None
     }
 
