@@ -215,3 +215,11 @@ pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut sink)).await;
     Ok(())
 }
+
+/// Sends Terminate after `delay`, in the background (an old connection after a switch).
+pub fn close_later(mut conn: BackendConn, delay: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = conn.writer.write_all(&messages::terminate()).await;
+    });
+}

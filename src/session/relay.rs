@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -44,6 +44,10 @@ pub struct Relay {
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
+
+/// When old connections are closed after a switch: after the cutover, spread over half a second.
+const RETIRE_AFTER: Duration = Duration::from_secs(1);
+const RETIRE_SPREAD_MS: u64 = 500;
 
 type GateChanged = std::pin::Pin<Box<dyn std::future::Future<Output = (Result<(), watch::error::RecvError>, watch::Receiver<GateState>)> + Send>>;
 
@@ -419,8 +423,10 @@ impl Relay {
         self.prepared_move = false;
         self.standby_replayed = false;
         self.handle.park.send_replace(Park::Switched { held_ms });
-        // Only now, after confirming: ending the old backend is not part of the move.
-        self.drop_connection(old).await;
+        // Ending the old backend is not part of the move: it is done later, spread out, so a
+        // thousand backends exiting at once do not take the CPU the move needs.
+        self.shared.metrics.server_connections.with_label_values(&[old.role.as_str()]).dec();
+        backend::close_later(old, RETIRE_AFTER + Duration::from_millis(self.handle.id % RETIRE_SPREAD_MS));
         None
     }
 
@@ -461,7 +467,7 @@ impl Relay {
         let code = parse_error_fields(&error[5..]).code;
         self.shared.metrics.error(&code);
         self.to_client.push(error);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
         let _ = self.client_wr.shutdown().await;
         // The server reads Terminate only after the running statement ends, which could then
         // still commit after the client was told the session is gone: cancel it first.
