@@ -12,7 +12,7 @@ use crate::backend::{Role, Server};
 use crate::config::Config;
 use crate::cutover::gate::Gate;
 use crate::metrics::Metrics;
-use crate::session::registry::Registry;
+use crate::session::registry::{Command, Registry};
 
 /// Everything sessions, the console and the cutover share.
 pub struct Shared {
@@ -39,6 +39,19 @@ impl Shared {
             Role::Old => Some(&self.old),
             Role::New => self.new.as_ref(),
         }
+    }
+
+    /// Changes the gate and tells every session (each re-reads it on its next pass). A session
+    /// that registers later reads the new state when its loop starts.
+    pub fn set_gate(&self, state: crate::cutover::gate::GateState) {
+        self.gate.set(state);
+        self.registry.tell_all(|| Command::GateChanged);
+    }
+
+    pub fn set_held(&self, held: bool) {
+        let mut state = self.gate.state();
+        state.held = held;
+        self.set_gate(state);
     }
 
     /// Password the proxy uses to log into servers as `user`.
@@ -138,6 +151,7 @@ impl Running {
         if tokio::time::timeout(deadline, self.sessions.wait()).await.is_err() {
             tracing::info!(sessions = self.shared.registry.len(), "shutdown deadline passed: closing the remaining sessions");
             self.shared.close_sessions.cancel();
+            self.shared.registry.tell_all(|| Command::Shutdown);
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.sessions.wait()).await;
         }
         for task in self.background {

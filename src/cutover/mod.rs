@@ -178,7 +178,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     );
 
     // b + c. Hold and drain.
-    shared.gate.set_held(true);
+    shared.set_held(true);
     let abort = |phase: &str, reason: String| {
         resume_on_old(shared);
         CutoverError::Aborted { phase: phase.to_string(), reason }
@@ -303,7 +303,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
 
 /// Abort: every held session continues on old, as after PAUSE/RESUME; no client sees an error.
 fn resume_on_old(shared: &Shared) {
-    shared.gate.set(GateState { held: false, active: Role::Old });
+    shared.set_gate(GateState { held: false, active: Role::Old });
 }
 
 /// The cutover stopped before holding: sessions close their pre-warmed connections.
@@ -337,7 +337,7 @@ pub async fn pause(shared: &Arc<Shared>, timeout: Duration) -> Result<Vec<Report
         return Err(CutoverError::AlreadyRunning);
     }
     let started = std::time::Instant::now();
-    shared.gate.set_held(true);
+    shared.set_held(true);
     let deadline = started + timeout;
     let (held, busy) = loop {
         let sessions = shared.registry.all();
@@ -359,7 +359,7 @@ pub fn resume(shared: &Shared) -> Result<(), CutoverError> {
     if shared.cutover_lock.try_lock().is_err() {
         return Err(CutoverError::AlreadyRunning);
     }
-    shared.gate.set_held(false);
+    shared.set_held(false);
     Ok(())
 }
 

@@ -17,7 +17,7 @@ pub struct Rebound {
 
 /// Flips the gate to new and released, then waits (briefly) for every session to confirm.
 pub async fn run(shared: &Arc<Shared>, sessions: &[Arc<SessionHandle>]) -> Rebound {
-    shared.gate.set(GateState { held: false, active: Role::New });
+    shared.set_gate(GateState { held: false, active: Role::New });
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut out = Rebound { moved: 0, closed: 0, longest_hold_ms: 0, not_confirmed: 0 };

@@ -104,7 +104,6 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     shared.metrics.clients.inc();
     tracing::info!(session = handle.id, client = %addr, %user, %database, server = conn.role.as_str(), "session opened");
     let mut relay = Relay {
-        gate: shared.gate.subscribe(),
         shared: shared.clone(),
         handle: handle.clone(),
         commands,

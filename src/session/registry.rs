@@ -22,6 +22,10 @@ pub enum Command {
     Interrupt { idle_in_transaction: crate::config::IdleInTransaction },
     /// The session cannot move: end it with this FATAL.
     Close { sqlstate: &'static str, message: String },
+    /// The gate changed: read it again.
+    GateChanged,
+    /// The proxy's shutdown deadline passed: end the session.
+    Shutdown,
     /// The cutover stopped before holding anything: close the standby connection.
     DropStandby,
     /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors).
@@ -194,6 +198,13 @@ impl Registry {
     pub fn find_for_cancel(&self, pid: u32, secret: &[u8]) -> Option<Arc<SessionHandle>> {
         let handle = self.by_pid.get(&pid)?.clone();
         bool::from(handle.key_secret[..].ct_eq(secret)).then_some(handle)
+    }
+
+    /// Sends a command to every registered session.
+    pub fn tell_all(&self, command: impl Fn() -> Command) {
+        for entry in self.by_id.iter() {
+            let _ = entry.value().commands.send(command());
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {

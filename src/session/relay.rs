@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::outbound::Outbound;
 use super::registry::{Command, Park, Prepared, SessionHandle};
@@ -25,7 +25,6 @@ pub struct Relay {
     pub shared: Arc<Shared>,
     pub handle: Arc<SessionHandle>,
     pub commands: mpsc::UnboundedReceiver<Command>,
-    pub gate: watch::Receiver<GateState>,
     pub client_rd: FrameReader<StreamReader>,
     pub client_wr: StreamWriter,
     pub backend: BackendConn,
@@ -49,17 +48,6 @@ pub struct Relay {
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
 const RETIRE_SPREAD_MS: u64 = 500;
 
-type GateChanged = std::pin::Pin<Box<dyn std::future::Future<Output = (Result<(), watch::error::RecvError>, watch::Receiver<GateState>)> + Send>>;
-
-/// Completes when the gate changes after what `rx` has seen. The loop reads the state from its
-/// own receiver afterwards, so a change between that read and this wait is never missed.
-fn watch_gate(mut rx: watch::Receiver<GateState>) -> GateChanged {
-    Box::pin(async move {
-        let changed = rx.changed().await;
-        (changed, rx)
-    })
-}
-
 /// How a session ended, for the log line.
 pub enum End {
     ClientClosed,
@@ -70,13 +58,13 @@ pub enum End {
 
 impl Relay {
     pub async fn run(&mut self) -> End {
-        // Both waits live across iterations: re-creating them on every pass would register
-        // with (and leave) notifiers every session shares, several times per transaction.
-        let closing = self.shared.close_sessions.clone().cancelled_owned();
-        tokio::pin!(closing);
-        let mut gate_changed = watch_gate(self.gate.clone());
+        // Gate changes and the shutdown arrive as commands, so each pass waits on nothing that
+        // all sessions share. Registered before this check: a shutdown is never missed.
+        if self.shared.close_sessions.is_cancelled() {
+            return self.shutdown().await;
+        }
         loop {
-            let gate = *self.gate.borrow_and_update();
+            let gate = self.shared.gate.state();
             if let Some(end) = self.apply_gate(gate).await {
                 return end;
             }
@@ -89,19 +77,10 @@ impl Relay {
             let write_client = self.to_client.pending();
             tokio::select! {
                 biased;
-                _ = &mut closing => {
-                    return self.close_with(fatal("57P01", "terminating connection: pgcutover is shutting down"), "proxy shutdown").await;
-                }
                 command = self.commands.recv() => {
                     if let Some(end) = self.on_command(command).await {
                         return end;
                     }
-                }
-                (changed, rx) = &mut gate_changed => {
-                    if changed.is_err() {
-                        return End::Closed("proxy stopped".into());
-                    }
-                    gate_changed = watch_gate(rx);
                 }
                 batch = self.backend.reader.read_batch(), if read_backend => match batch {
                     Ok(Some(batch)) => self.on_backend_batch(batch),
@@ -242,6 +221,8 @@ impl Relay {
                 let _ = reply.send(prepared);
                 None
             }
+            Command::GateChanged => None,
+            Command::Shutdown => Some(self.shutdown().await),
             Command::DropStandby => {
                 if self.parked_since.is_none() {
                     self.terminate_standby().await;
@@ -383,7 +364,7 @@ impl Relay {
 
     /// The commit point for this session: continue on the standby.
     async fn switch(&mut self) -> Option<End> {
-        let target = self.gate.borrow().active;
+        let target = self.shared.gate.state().active;
         if self.standby.is_none() || !self.prepared_move {
             // Not prepared (the session arrived after the pre-warm, or its standby came late):
             // connect if needed and replay now.
@@ -476,6 +457,10 @@ impl Relay {
         }
         self.terminate_backends().await;
         End::Closed(reason.to_string())
+    }
+
+    async fn shutdown(&mut self) -> End {
+        self.close_with(fatal("57P01", "terminating connection: pgcutover is shutting down"), "proxy shutdown").await
     }
 
     async fn server_lost(&mut self, reason: &str) -> End {
