@@ -1,11 +1,29 @@
 //! Prometheus metrics and the tiny HTTP endpoint that serves them at `/metrics`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// A session's traffic since it was last added to the shared counters. Each session counts
+/// into its own atomics (no cache line shared with other sessions on the hot path); the
+/// counts move to the Prometheus counters when `/metrics` is read and when the session ends.
+#[derive(Default)]
+pub struct Traffic {
+    pub transactions: AtomicU64,
+    pub queries: AtomicU64,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+}
+
+impl Traffic {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +81,14 @@ impl Metrics {
         self.errors.with_label_values(&[class]).inc();
     }
 
+    /// Moves a session's pending traffic counts into the shared counters.
+    pub fn collect(&self, traffic: &Traffic) {
+        self.transactions.inc_by(traffic.transactions.swap(0, Ordering::Relaxed));
+        self.queries.inc_by(traffic.queries.swap(0, Ordering::Relaxed));
+        self.bytes_from_clients.inc_by(traffic.bytes_from_client.swap(0, Ordering::Relaxed));
+        self.bytes_to_clients.inc_by(traffic.bytes_to_client.swap(0, Ordering::Relaxed));
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -71,10 +97,10 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` (anything else: 404) until the listener task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
     loop {
         let Ok((mut socket, _)) = listener.accept().await else { continue };
-        let metrics = metrics.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             // Read the whole request head: a client may send it in several segments, and
             // closing with unread bytes would reset the connection before the response arrives.
@@ -93,7 +119,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             }
             let head = String::from_utf8_lossy(&request);
             let (status, body) = if head.starts_with("GET /metrics") {
-                ("200 OK", metrics.render())
+                for session in shared.registry.all() {
+                    shared.metrics.collect(&session.traffic);
+                }
+                ("200 OK", shared.metrics.render())
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_string())
             };

@@ -108,7 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
             let bound = l.local_addr()?;
-            background.push(tokio::spawn(crate::metrics::serve(l, metrics)));
+            background.push(tokio::spawn(crate::metrics::serve(l, shared.clone())));
             Some(bound)
         }
         None => None,

@@ -235,72 +235,73 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
     proxy.assert_no_panics();
 }
 
-#[test]
-fn abort_when_new_is_down_keeps_pgbench_on_old() {
-    let old = support::old();
-    let new = support::start(18);
-    let db = old.create_database("cut_newdown");
+/// A database on `old` with pgbench tables (scale 1), `extra_sql` run after the load, replicated
+/// to `new`. Returns the database and the subscription names.
+fn pgbench_db(old: &PgServer, new: &PgServer, prefix: &str, extra_sql: &str) -> (String, String) {
+    let db = old.create_database(prefix);
     let port = old.port.to_string();
     support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
         .assert_success();
-    support::setup_replication(old, &new, &db);
-    let proxy = proxy(old, &new, FileConfig::default());
-    let bench = {
-        let port = proxy.port();
-        let db = db.clone();
-        thread::spawn(move || {
-            let p = port.to_string();
-            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "5", "-M", "prepared", "-n", &db], &[])
-        })
-    };
-    thread::sleep(Duration::from_secs(1));
-    new.stop_immediate();
-    let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("cutover must fail with new down");
-    assert!(matches!(err, CutoverError::Preflight(_)), "{err}");
-    assert!(err.to_string().contains("new"), "{err}");
+    if !extra_sql.is_empty() {
+        old.psql(&db, extra_sql);
+    }
+    let sub = support::setup_replication(old, new, &db);
+    (db, sub)
+}
+
+/// pgbench TPC-B-like, 8 clients, -M prepared, through the proxy, in the background.
+fn background_pgbench(proxy: &TestProxy, db: &str, seconds: u32) -> thread::JoinHandle<support::PgbenchResult> {
+    let port = proxy.port().to_string();
+    let db = db.to_string();
+    thread::spawn(move || {
+        let secs = seconds.to_string();
+        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", &secs, "-M", "prepared", "-n", &db], &[])
+    })
+}
+
+/// After an aborted cutover: pgbench lost nothing and everything it committed is on old.
+fn assert_pgbench_stayed_on_old(proxy: &TestProxy, old: &PgServer, db: &str, bench: thread::JoinHandle<support::PgbenchResult>) {
     let result = bench.join().expect("pgbench");
     result.assert_success();
     assert_eq!(result.failed, 0, "{result}");
     assert!(result.processed > 0);
     assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
-    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
+    let count: u64 = old.psql(db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
     assert_eq!(count, result.processed, "everything committed on old");
+}
+
+#[test]
+fn abort_when_new_is_down_keeps_pgbench_on_old() {
+    let old = support::old();
+    let new = support::start(18);
+    let (db, _) = pgbench_db(old, &new, "cut_newdown", "");
+    let proxy = proxy(old, &new, FileConfig::default());
+    let bench = background_pgbench(&proxy, &db, 5);
+    thread::sleep(Duration::from_secs(1));
+    new.stop_immediate();
+    let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("cutover must fail with new down");
+    assert!(matches!(err, CutoverError::Preflight(_)), "{err}");
+    assert!(err.to_string().contains("new"), "{err}");
+    assert_pgbench_stayed_on_old(&proxy, old, &db, bench);
     proxy.assert_no_panics();
 }
 
 #[test]
 fn stalled_replication_fails_the_preflight_before_anything_is_held() {
     let (old, new) = (support::old(), support::new());
-    let db = old.create_database("cut_stall");
-    let port = old.port.to_string();
-    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
-        .assert_success();
-    old.psql(&db, "CREATE TABLE blocker (id int PRIMARY KEY)");
-    support::setup_replication(old, new, &db);
+    let (db, _) = pgbench_db(old, new, "cut_stall", "CREATE TABLE blocker (id int PRIMARY KEY)");
     // A row on new that the next insert on old collides with: the apply worker fails and
     // retries, so replication stalls while the subscription stays enabled.
     new.psql(&db, "INSERT INTO blocker VALUES (1)");
     old.psql(&db, "INSERT INTO blocker VALUES (1)");
     let proxy = proxy(old, new, FileConfig::default());
-    let bench = {
-        let port = proxy.port();
-        let db = db.clone();
-        thread::spawn(move || {
-            let p = port.to_string();
-            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "6", "-M", "prepared", "-n", &db], &[])
-        })
-    };
+    let bench = background_pgbench(&proxy, &db, 6);
     thread::sleep(Duration::from_secs(1));
     let options = CutoverOptions { catchup_timeout: Some(Duration::from_millis(800)), ..Default::default() };
     let err = run_cutover(&proxy, options).expect_err("catch-up cannot be proven");
     // The rehearsal round trip (nothing held yet) finds the stall.
     assert!(matches!(&err, CutoverError::Preflight(reason) if reason.contains("did not apply a test commit")), "{err}");
-    let result = bench.join().expect("pgbench");
-    result.assert_success();
-    assert_eq!(result.failed, 0, "{result}");
-    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
-    assert_eq!(count, result.processed, "everything committed on old");
-    assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
+    assert_pgbench_stayed_on_old(&proxy, old, &db, bench);
     // Clear the conflict so this database's subscription does not spin for the rest of the run.
     new.psql(&db, "DELETE FROM blocker");
     proxy.assert_no_panics();
@@ -309,20 +310,9 @@ fn stalled_replication_fails_the_preflight_before_anything_is_held() {
 #[test]
 fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continues_on_old() {
     let (old, new) = (support::old(), support::new());
-    let db = old.create_database("cut_sub_off");
-    let port = old.port.to_string();
-    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
-        .assert_success();
-    let sub = support::setup_replication(old, new, &db);
+    let (db, sub) = pgbench_db(old, new, "cut_sub_off", "");
     let proxy = Arc::new(proxy(old, new, FileConfig::default()));
-    let bench = {
-        let port = proxy.port();
-        let db = db.clone();
-        thread::spawn(move || {
-            let p = port.to_string();
-            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", "8", "-M", "prepared", "-n", &db], &[])
-        })
-    };
+    let bench = background_pgbench(&proxy, &db, 8);
     // A statement that keeps the drain busy long enough to disable the subscription meanwhile.
     let sleeper = {
         let addr = proxy.addr;
@@ -356,12 +346,7 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
     assert!(matches!(&err, CutoverError::Aborted { phase, .. } if phase == "catch-up"), "{err}");
     assert_eq!(err.sqlstate(), "57014");
     assert_eq!(sleeper.join().expect("sleeper"), vec!["still here".to_string()], "the held session continued without an error");
-    let result = bench.join().expect("pgbench");
-    result.assert_success();
-    assert_eq!(result.failed, 0, "{result}");
-    let count: u64 = old.psql(&db, "SELECT count(*) FROM pgbench_history").parse().expect("count");
-    assert_eq!(count, result.processed, "everything committed on old");
-    assert_eq!(proxy.shared.gate.state().active, pgcutover::backend::Role::Old);
+    assert_pgbench_stayed_on_old(&proxy, old, &db, bench);
     new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} ENABLE"));
     proxy.assert_no_panics();
 }

@@ -127,6 +127,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     shared.metrics.server_connections.with_label_values(&[relay.backend.role.as_str()]).dec();
     shared.metrics.clients.dec();
     shared.registry.remove(&handle);
+    shared.metrics.collect(&handle.traffic);
     handle.park.send_replace(Park::Closed);
     let how = match &end {
         End::ClientClosed => "client closed".to_string(),

@@ -10,6 +10,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// Stop reading from the peer that feeds a queue once this much is waiting to be written.
 pub const HIGH_WATER: usize = 1 << 20;
 
+/// Chunks gathered into one vectored write.
+const MAX_SLICES: usize = 32;
+
 #[derive(Default)]
 pub struct Outbound {
     chunks: VecDeque<Bytes>,
@@ -45,11 +48,16 @@ impl Outbound {
     /// One write (gathering several chunks), then a flush once the queue is empty.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
         if self.len > 0 {
-            let slices: Vec<std::io::IoSlice<'_>> = self.chunks.iter().take(64).map(|c| std::io::IoSlice::new(c)).collect();
-            let mut n = if slices.len() > 1 && w.is_write_vectored() {
-                w.write_vectored(&slices).await?
+            // Usually one chunk (a batch as it arrived): a plain write, no slice list to build.
+            let mut n = if self.chunks.len() > 1 && w.is_write_vectored() {
+                let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+                    *slot = std::io::IoSlice::new(chunk);
+                    count += 1;
+                }
+                w.write_vectored(&slices[..count]).await?
             } else {
-                drop(slices);
                 match self.chunks.front() {
                     Some(front) => w.write(front).await?,
                     None => 0,

@@ -80,8 +80,12 @@ pub struct SessionHandle {
     pub backend_password: Option<String>,
     pub cancel_target: Mutex<Option<CancelTarget>>,
     pub status: Mutex<Status>,
+    /// Updated at every ReadyForQuery, so kept out of the mutex: (status byte, prepared count).
+    tx_status: std::sync::atomic::AtomicU8,
+    prepared: std::sync::atomic::AtomicUsize,
     pub commands: mpsc::UnboundedSender<Command>,
     pub park: watch::Sender<Park>,
+    pub traffic: crate::metrics::Traffic,
 }
 
 impl SessionHandle {
@@ -96,7 +100,16 @@ impl SessionHandle {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        status.tx_status = self.tx_status.load(Ordering::Relaxed) as char;
+        status.prepared = self.prepared.load(Ordering::Relaxed);
+        status
+    }
+
+    /// Called at every ReadyForQuery.
+    pub fn set_ready(&self, tx_status: u8, prepared: usize) {
+        self.tx_status.store(tx_status, Ordering::Relaxed);
+        self.prepared.store(prepared, Ordering::Relaxed);
     }
 
     pub fn server_role(&self) -> Option<Role> {
@@ -178,9 +191,12 @@ impl Registry {
                 startup: new.startup,
                 backend_password: new.backend_password,
                 cancel_target: Mutex::new(None),
-                status: Mutex::new(Status { tx_status: 'I', server: "-", state: "connecting", ..Default::default() }),
+                status: Mutex::new(Status { server: "-", state: "connecting", ..Default::default() }),
+                tx_status: std::sync::atomic::AtomicU8::new(b'I'),
+                prepared: std::sync::atomic::AtomicUsize::new(0),
                 commands,
                 park: watch::channel(Park::Running).0,
+                traffic: Default::default(),
             });
             entry.insert(handle.clone());
             self.by_id.insert(id, handle.clone());

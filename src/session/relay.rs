@@ -16,6 +16,7 @@ use super::state::{ClientEvent, ProtocolState};
 use crate::backend::{self, BackendConn};
 use crate::config::IdleInTransaction;
 use crate::cutover::gate::GateState;
+use crate::metrics::Traffic;
 use crate::net::{StreamReader, StreamWriter};
 use crate::protocol::messages::{self, error_response, fatal, parse_error_fields, Severity};
 use crate::protocol::{FrameIter, FrameReader};
@@ -124,7 +125,7 @@ impl Relay {
         // Whatever the client does may change session state: the standby must be prepared again.
         self.prepared_move = false;
         self.bytes_in += batch.len() as u64;
-        self.shared.metrics.bytes_from_clients.inc_by(batch.len() as u64);
+        Traffic::add(&self.handle.traffic.bytes_from_client, batch.len() as u64);
         let mut skip_until = 0;
         if self.poisoned {
             // Swallow the client's next request, then answer it with a retryable error.
@@ -161,7 +162,7 @@ impl Relay {
                 terminate = true;
             }
             if matches!(tag, b'Q' | b'E' | b'F') {
-                self.shared.metrics.queries.inc();
+                Traffic::add(&self.handle.traffic.queries, 1);
             }
         }
         self.to_backend.push(batch);
@@ -174,22 +175,17 @@ impl Relay {
             if self.state.on_server_frame(tag, body) {
                 ready = true;
                 if body.first() == Some(&b'I') {
-                    self.shared.metrics.transactions.inc();
+                    Traffic::add(&self.handle.traffic.transactions, 1);
                 }
             } else if tag == b'E' {
                 self.shared.metrics.error(&parse_error_fields(body).code);
             }
         }
         self.bytes_out += batch.len() as u64;
-        self.shared.metrics.bytes_to_clients.inc_by(batch.len() as u64);
+        Traffic::add(&self.handle.traffic.bytes_to_client, batch.len() as u64);
         self.to_client.push(batch);
         if ready {
-            let status = self.state.tx_status as char;
-            let prepared = self.state.prepared.len();
-            self.handle.set_status(|s| {
-                s.tx_status = status;
-                s.prepared = prepared;
-            });
+            self.handle.set_ready(self.state.tx_status, self.state.prepared.len());
         }
     }
 
