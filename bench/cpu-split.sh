@@ -8,6 +8,7 @@
 # -M prepared through each in turn, SPLIT_ROUNDS times. For each run: the proxy's utime and
 # stime (/proc/<pid>/stat, all threads) divided by the transactions pgbench processed.
 # Environment: SPLIT_ROUNDS=3 SPLIT_SECONDS=6 SPLIT_CLIENTS=16 SPLIT_SCALE=10,
+#   SPLIT_WORKERS= (pgcutover --workers; default: its own, one per CPU),
 #   BENCH_SKIP_DEPS=1, PGCUTOVER_BIN=PATH   as for bench/run.sh
 # shellcheck disable=SC2154 # PGL_PORT_<name> and friends are set by pgl_start (scripts/pg-local.sh)
 set -euo pipefail
@@ -45,7 +46,9 @@ pgl_start pg 15
 pgl_pgbench pg postgres -i -q -s "$SPLIT_SCALE" >"$PGL_ROOT/init.log" 2>&1 || die "pgbench -i failed"
 
 CUT_PORT="$(pgl_free_port)"
-PGCUTOVER_LOG=warn pgl_spawn pgcutover "$PGL_ROOT/pgcutover" serve --listen "127.0.0.1:$CUT_PORT" --old "$(pgl_url pg)" --auth trust
+workers=()
+if [ -n "${SPLIT_WORKERS:-}" ]; then workers=(--workers "$SPLIT_WORKERS"); fi
+PGCUTOVER_LOG=warn pgl_spawn pgcutover "$PGL_ROOT/pgcutover" serve --listen "127.0.0.1:$CUT_PORT" --old "$(pgl_url pg)" --auth trust "${workers[@]}"
 CUT_PID="$PGL_SPAWNED_PID"
 pgl_wait_port "$CUT_PORT" 30 || die "pgcutover did not start"
 

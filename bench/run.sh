@@ -27,6 +27,7 @@
 #   BENCH_TARGETS="direct pgcutover pgbouncer"
 #   BENCH_SCALE=10             pgbench -i scale
 #   BENCH_IDLE_SESSIONS=1000   sessions for the memory test (0 skips it)
+#   BENCH_WORKERS=             pgcutover --workers (default: its own, one per CPU)
 #   BENCH_OUT=FILE             also write the report (markdown) to FILE
 #   BENCH_SKIP_DEPS=1          do not run scripts/install-deps.sh
 #   PGCUTOVER_BIN=PATH         use this binary instead of building target/release/pgcutover
@@ -44,6 +45,7 @@ BENCH_PROTOCOLS="${BENCH_PROTOCOLS:-prepared simple}"
 BENCH_TARGETS="${BENCH_TARGETS:-direct pgcutover pgbouncer}"
 BENCH_SCALE="${BENCH_SCALE:-10}"
 BENCH_IDLE_SESSIONS="${BENCH_IDLE_SESSIONS:-1000}"
+BENCH_WORKERS="${BENCH_WORKERS:-}"
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
@@ -84,8 +86,10 @@ PG_PORT="$PGL_PORT_pg"
 start_pgcutover() { # NAME -> sets PROXY_PORT, PROXY_PID
     local name="$1"
     PROXY_PORT="$(pgl_free_port)"
+    local workers=()
+    if [ -n "$BENCH_WORKERS" ]; then workers=(--workers "$BENCH_WORKERS"); fi
     PGCUTOVER_LOG=warn pgl_spawn "$name" "$PGCUTOVER" serve --listen "127.0.0.1:$PROXY_PORT" \
-        --old "$(pgl_url pg)" --auth trust
+        --old "$(pgl_url pg)" --auth trust "${workers[@]}"
     PROXY_PID="$PGL_SPAWNED_PID"
     pgl_wait_port "$PROXY_PORT" 30 || die "pgcutover did not start: $(tail -n 20 "$PGL_ROOT/$name.log")"
 }
@@ -208,6 +212,7 @@ fi
 
 # ------------------------------------------------------------------ report
 versions="pgcutover $("$PGCUTOVER" --version | awk '{print $2}') ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- src 2>/dev/null || echo '+uncommitted src changes')), $("$PGL_PG15_BIN/postgres" --version | sed 's/postgres (PostgreSQL) /PostgreSQL /'), $("$PGBOUNCER" --version | head -n1), $("$PGL_PG15_BIN/pgbench" --version | sed 's/ (PostgreSQL)//')"
+if [ -n "$BENCH_WORKERS" ]; then versions="$versions; pgcutover --workers $BENCH_WORKERS"; fi
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 report="$(python3 "$REPO/bench/report.py" --raw "$RAW" --memory "$MEM" --clk-tck "$CLK_TCK" \
     --seconds "$BENCH_SECONDS" --rounds "$BENCH_ROUNDS" --scale "$BENCH_SCALE" --jobs "$BENCH_JOBS" \

@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub auth: Option<String>,
     pub max_clients: Option<usize>,
+    pub workers: Option<usize>,
     pub max_message_size: Option<usize>,
     pub startup_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
@@ -103,6 +104,7 @@ pub struct Overrides {
     pub old: Option<String>,
     pub new: Option<String>,
     pub max_clients: Option<usize>,
+    pub workers: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -236,6 +238,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub auth: AuthMethod,
     pub max_clients: usize,
+    /// Runtime worker threads.
+    pub workers: usize,
     pub max_message_size: usize,
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -341,6 +345,10 @@ impl Config {
         if max_clients == 0 {
             return Err(invalid("max_clients", "must be at least 1"));
         }
+        let workers = o.workers.or(file.workers).unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
+        if !(1..=1024).contains(&workers) {
+            return Err(invalid("workers", "must be between 1 and 1024"));
+        }
         let max_message_size = file.max_message_size.unwrap_or(1 << 30);
         if max_message_size < 1024 {
             return Err(invalid("max_message_size", "must be at least 1024 bytes"));
@@ -374,6 +382,7 @@ impl Config {
             metrics_listen,
             auth,
             max_clients,
+            workers,
             max_message_size,
             startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(15)),
             shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),

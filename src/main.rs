@@ -50,6 +50,9 @@ struct ServeArgs {
     /// Maximum client connections; more get FATAL 53300.
     #[arg(long)]
     max_clients: Option<usize>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
     /// PEM certificate for TLS to clients.
     #[arg(long)]
     tls_cert: Option<PathBuf>,
@@ -81,20 +84,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     match cli.command {
-        Commands::Serve(args) => runtime.block_on(serve(args)),
-        Commands::Admin(args) => runtime.block_on(pgcutover::admin::client::run(&args.addr, &args.user, args.password.as_deref(), &args.command.join(" "))),
+        Commands::Serve(args) => serve(args),
+        Commands::Admin(args) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(pgcutover::admin::client::run(&args.addr, &args.user, args.password.as_deref(), &args.command.join(" "))),
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -104,6 +106,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         old: args.old,
         new: args.new,
         max_clients: args.max_clients,
+        workers: args.workers,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
     };
@@ -114,6 +117,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
     let running = match pgcutover::proxy::start(config).await {
         Ok(r) => r,
         Err(e) => {

@@ -363,6 +363,7 @@ fn invalid_config_exits_2_naming_the_key() {
         ("bad cutover policy", format!("auth = \"trust\"\n[old]\nurl = \"{url}\"\n[cutover]\nidle_in_transaction = \"wait\"\n"), "cutover.idle_in_transaction"),
         ("missing TLS certificate", format!("auth = \"trust\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n[old]\nurl = \"{url}\"\n"), "tls_cert"),
         ("TLS key that is no key", format!("auth = \"trust\"\ntls_cert = \"{cert}\"\ntls_key = \"{cert}\"\n[old]\nurl = \"{url}\"\n", cert = cert.display()), "tls_key"),
+        ("zero workers", format!("auth = \"trust\"\nworkers = 0\n[old]\nurl = \"{url}\"\n"), "workers"),
         ("require_tls without TLS", format!("auth = \"trust\"\nrequire_tls = true\n[old]\nurl = \"{url}\"\n"), "require_tls"),
     ];
     for (what, text, key) in cases {
@@ -404,6 +405,7 @@ fn help_mentions_every_option() {
         "--metrics-listen",
         "--auth",
         "--max-clients",
+        "--workers",
         "--tls-cert",
         "--tls-key",
     ] {

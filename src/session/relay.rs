@@ -84,7 +84,10 @@ impl Relay {
                     }
                 }
                 batch = self.backend.reader.read_batch(), if read_backend => match batch {
-                    Ok(Some(batch)) => self.on_backend_batch(batch),
+                    Ok(Some(batch)) => {
+                        self.on_backend_batch(batch);
+                        self.to_client.write_now(&self.client_wr);
+                    }
                     Ok(None) => return self.server_lost("the server closed the connection").await,
                     Err(e) => return self.server_lost(&e.to_string()).await,
                 },
@@ -105,6 +108,10 @@ impl Relay {
                             let _ = self.to_backend.drain(&mut self.backend.writer).await;
                             self.terminate_standby().await;
                             return End::ClientClosed;
+                        }
+                        // Held work stays queued: only a session that may forward writes now.
+                        if self.parked_since.is_none() {
+                            self.to_backend.write_now(&self.backend.writer);
                         }
                     }
                     Ok(None) => {
