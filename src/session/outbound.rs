@@ -52,12 +52,7 @@ impl Outbound {
         if self.len > 0 {
             // Usually one chunk (a batch as it arrived): a plain write, no slice list to build.
             let n = if self.chunks.len() > 1 && w.is_write_vectored() {
-                let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
-                    *slot = std::io::IoSlice::new(chunk);
-                    count += 1;
-                }
+                let (slices, count) = self.slices();
                 w.write_vectored(&slices[..count]).await?
             } else {
                 match self.chunks.front() {
@@ -85,12 +80,7 @@ impl Outbound {
         let StreamWriter::Plain(tcp) = w else { return };
         while self.len > 0 {
             let written = if self.chunks.len() > 1 {
-                let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-                let mut count = 0;
-                for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
-                    *slot = std::io::IoSlice::new(chunk);
-                    count += 1;
-                }
+                let (slices, count) = self.slices();
                 tcp.try_write_vectored(&slices[..count])
             } else {
                 match self.chunks.front() {
@@ -103,6 +93,17 @@ impl Outbound {
                 _ => return,
             }
         }
+    }
+
+    /// The first chunks as slices for one vectored write, and how many there are.
+    fn slices(&self) -> ([std::io::IoSlice<'_>; MAX_SLICES], usize) {
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+            *slot = std::io::IoSlice::new(chunk);
+            count += 1;
+        }
+        (slices, count)
     }
 
     fn consume(&mut self, mut n: usize) {
