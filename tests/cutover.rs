@@ -413,6 +413,20 @@ fn sessions_holding_temp_tables_are_closed_with_a_clear_fatal() {
     let mut pinned = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     pinned.simple_query("CREATE TEMP TABLE scratch (x int)");
     let mut plain = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    // CHECK and SHOW SESSIONS name the session and what pins it, before any cutover.
+    let shared = proxy.shared.clone();
+    let check = proxy.block_on(async move { cutover::check(&shared).await });
+    let movable = check.iter().find(|r| r.check == "sessions movable").expect("sessions movable row");
+    assert_eq!(movable.status, "warn", "{movable:?}");
+    assert!(movable.detail.contains("temporary tables"), "{movable:?}");
+    let shared = proxy.shared.clone();
+    let sessions = proxy
+        .block_on(async move { pgcutover::admin::cmd::ShowSessions.apply(&shared).await })
+        .unwrap_or_else(|e| panic!("SHOW SESSIONS: {e:?}"));
+    let can_move = sessions.columns.iter().position(|c| *c == "can_move").expect("can_move column");
+    let verdicts: Vec<String> = sessions.rows.iter().map(|r| r[can_move].clone().unwrap_or_default()).collect();
+    assert_eq!(verdicts.iter().filter(|v| v.as_str() == "yes").count(), 1, "{verdicts:?}");
+    assert_eq!(verdicts.iter().filter(|v| v.contains("temporary tables")).count(), 1, "{verdicts:?}");
     let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
     let (msgs, closed) = pinned.read_until_closed(Duration::from_secs(5));
     let fatal = support::proxy::expect_fatal(&msgs, "57P01");

@@ -59,6 +59,10 @@ pub async fn run(shared: &Arc<Shared>, install_sentinel: bool) -> (Vec<CheckRow>
         rows.extend(db_rows);
         links.extend(link);
     }
+    if !install_sentinel {
+        // CHECK: fresh answers on what each session holds (CUTOVER reads them at pre-warm).
+        shared.registry.probe_all(std::time::Duration::from_millis(500)).await;
+    }
     let blocked: Vec<String> = shared
         .registry
         .all()

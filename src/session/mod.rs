@@ -118,7 +118,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         prepared_move: false,
         standby_replayed: false,
         poisoned: false,
-        probe_pending: false,
+        probe_waiters: Vec::new(),
         bytes_in: 0,
         bytes_out: 0,
     };

@@ -28,8 +28,9 @@ pub enum Command {
     Shutdown,
     /// The cutover stopped before holding anything: close the standby connection.
     DropStandby,
-    /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors).
-    Probe,
+    /// Look for state that cannot move (temp tables, advisory locks, WITH HOLD cursors); the
+    /// session answers once it has looked (a busy one at its next transaction boundary).
+    Probe(tokio::sync::oneshot::Sender<()>),
 }
 
 /// How a session took its standby connection.
@@ -221,6 +222,20 @@ impl Registry {
         for entry in self.by_id.iter() {
             let _ = entry.value().commands.send(command());
         }
+    }
+
+    /// Asks every session to look for state that cannot move, and waits for the answers up to
+    /// `wait` (idle sessions answer within a round trip; busy ones when their transaction ends).
+    pub async fn probe_all(&self, wait: std::time::Duration) {
+        let answers: Vec<_> = self
+            .by_id
+            .iter()
+            .filter_map(|entry| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                entry.value().commands.send(Command::Probe(reply)).ok().map(|()| answer)
+            })
+            .collect();
+        let _ = tokio::time::timeout(wait, futures::future::join_all(answers)).await;
     }
 
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {

@@ -40,7 +40,8 @@ pub struct Relay {
     pub standby_replayed: bool,
     /// The proxy rolled back this client's transaction: answer its next request with 40001.
     pub poisoned: bool,
-    pub probe_pending: bool,
+    /// Probe requests waiting for the next quiet moment.
+    pub probe_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -69,7 +70,7 @@ impl Relay {
             if let Some(end) = self.apply_gate(gate).await {
                 return end;
             }
-            if self.probe_pending && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
+            if !self.probe_waiters.is_empty() && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
                 self.probe().await;
             }
             let read_client = self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room();
@@ -234,8 +235,13 @@ impl Relay {
                 }
                 None
             }
-            Command::Probe => {
-                self.probe_pending = true;
+            Command::Probe(reply) => {
+                if self.parked_since.is_some() {
+                    // Held: its blockers were read when it parked.
+                    let _ = reply.send(());
+                } else {
+                    self.probe_waiters.push(reply);
+                }
                 None
             }
             Command::Close { sqlstate, message } => Some(self.close_with(fatal(sqlstate, &message), &message).await),
@@ -341,9 +347,12 @@ impl Relay {
     }
 
     async fn probe(&mut self) {
-        self.probe_pending = false;
+        let waiters = std::mem::take(&mut self.probe_waiters);
         if let Err(reason) = self.capture().await {
             self.handle.set_status(|s| s.blockers = vec![reason]);
+        }
+        for waiter in waiters {
+            let _ = waiter.send(());
         }
     }
 

@@ -6,13 +6,13 @@ use std::time::Duration;
 use super::no_arguments;
 use crate::admin::reply::{AdminError, CommandResult, ResultSet};
 use crate::proxy::Shared;
-use crate::session::registry::{Command as SessionCommand, SessionHandle, Status};
+use crate::session::registry::{SessionHandle, Status};
 
 pub const COLUMNS: &[&str] = &["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move"];
 
-/// How long to give sessions to re-check what blocks a move. Probes are not acknowledged; an idle
-/// session answers within a round trip to its server, a busy one reports at its next pause.
-const PROBE_WAIT: Duration = Duration::from_millis(300);
+/// How long to wait for sessions to re-check what blocks a move: an idle session answers within
+/// a round trip to its server, a busy one when its transaction ends (or it keeps its last answer).
+const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShowSessions;
@@ -24,20 +24,13 @@ impl ShowSessions {
     }
 
     pub async fn apply(self, shared: &Arc<Shared>) -> CommandResult {
-        request_probes(&shared.registry.all()).await;
+        shared.registry.probe_all(PROBE_WAIT).await;
         let mut set = ResultSet::new(COLUMNS);
         // Listed again after the wait: sessions that ended meanwhile drop out.
         for handle in shared.registry.all() {
             set.push(row(&handle, &handle.status()));
         }
         Ok(set)
-    }
-}
-
-async fn request_probes(sessions: &[Arc<SessionHandle>]) {
-    let probed = sessions.iter().filter(|handle| handle.commands.send(SessionCommand::Probe).is_ok()).count();
-    if probed > 0 {
-        tokio::time::sleep(PROBE_WAIT).await;
     }
 }
 
