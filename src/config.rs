@@ -461,30 +461,96 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
+/// The parts of `postgres://user:password@host:port/database?key=value`, percent-decoded.
+/// Parsed as libpq does, with one leniency: the user part ends at the last `@` before the
+/// path, so a password with an unencoded `@` still works. Errors never quote the URL: it may
+/// hold a password.
+#[derive(Debug, PartialEq)]
+pub struct PgUrl {
+    pub user: String,
+    pub password: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub database: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl PgUrl {
+    pub fn parse(text: &str) -> Result<PgUrl, String> {
+        let rest = text.strip_prefix("postgres://").or_else(|| text.strip_prefix("postgresql://")).ok_or("scheme must be postgres://")?;
+        let (rest, query) = rest.split_once('?').map_or((rest, None), |(r, q)| (r, Some(q)));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hostport) = authority.rsplit_once('@').map_or((None, authority), |(u, h)| (Some(u), h));
+        let (user, password) = match userinfo {
+            Some(info) => match info.split_once(':') {
+                Some((u, p)) => (decode(u, "user")?, Some(decode(p, "password")?)),
+                None => (decode(info, "user")?, None),
+            },
+            None => (String::new(), None),
+        };
+        if hostport.contains(',') {
+            return Err("several hosts are not supported: name one server".into());
+        }
+        let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or("IPv6 address lacks its closing ]")?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or("unexpected text after the IPv6 address")?)),
+            }
+        } else {
+            hostport.rsplit_once(':').map_or((hostport, None), |(h, p)| (h, Some(p)))
+        };
+        let host = decode(host, "host")?;
+        let port = match port {
+            None => None,
+            Some(p) => Some(p.parse::<u16>().ok().filter(|&p| p > 0).ok_or("port is not a number from 1 to 65535")?),
+        };
+        let mut params = Vec::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or("URL parameter without =value")?;
+            params.push((decode(k, "parameter")?, decode(v, "parameter")?));
+        }
+        Ok(PgUrl { user, password, host, port, database: decode(path, "database")?, params })
+    }
+}
+
+/// Percent-decoding; `part` names what failed without showing it.
+fn decode(text: &str, part: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            out.push(hex.ok_or_else(|| format!("bad %-escape in the {part}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("the {part} is not UTF-8 after %-decoding"))
+}
+
 fn parse_server(name: &'static str, text: &str, file: &FileServer) -> Result<ServerConfig, ConfigError> {
     let key = format!("{name}.url");
-    let url = url::Url::parse(text).map_err(|e| invalid(&key, format!("not a postgres:// URL ({e})")))?;
-    if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-        return Err(invalid(&key, "scheme must be postgres://"));
+    let url = PgUrl::parse(text).map_err(|e| invalid(&key, format!("not a usable postgres:// URL: {e}")))?;
+    if url.host.is_empty() {
+        return Err(invalid(&key, "needs a host"));
     }
-    let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid(&key, "needs a host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let user = decode(url.username());
-    if user.is_empty() {
+    if url.user.is_empty() {
         return Err(invalid(&key, "needs a user (postgres://USER@HOST:PORT/DB)"));
     }
-    let mut password = url.password().map(decode);
+    let mut password = url.password;
     if let Some(var) = &file.password_env {
         password = Some(std::env::var(var).map_err(|_| invalid(&format!("{name}.password_env"), format!("environment variable {var} is not set")))?);
     }
-    let database = decode(url.path().trim_start_matches('/'));
     let mut sslmode = file.sslmode.clone();
     let mut sslrootcert = file.sslrootcert.clone();
-    for (k, v) in url.query_pairs() {
-        match k.as_ref() {
-            "sslmode" => sslmode = Some(v.into_owned()),
-            "sslrootcert" => sslrootcert = Some(PathBuf::from(v.as_ref())),
+    for (k, v) in url.params {
+        match k.as_str() {
+            "sslmode" => sslmode = Some(v),
+            "sslrootcert" => sslrootcert = Some(PathBuf::from(v)),
             other => return Err(invalid(&key, format!("unsupported URL parameter {other:?} (supported: sslmode, sslrootcert)"))),
         }
     }
@@ -497,11 +563,11 @@ fn parse_server(name: &'static str, text: &str, file: &FileServer) -> Result<Ser
     }
     Ok(ServerConfig {
         name,
-        host,
-        port: url.port().unwrap_or(5432),
-        user,
+        host: url.host,
+        port: url.port.unwrap_or(5432),
+        user: url.user,
         password,
-        database: if database.is_empty() { "postgres".into() } else { database },
+        database: if url.database.is_empty() { "postgres".into() } else { url.database },
         sslmode,
         sslrootcert,
     })
@@ -517,6 +583,20 @@ mod tests {
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn postgres_urls_parse_like_libpq() {
+        let url = PgUrl::parse("postgresql://app:s3cr@t%2F@[::1]:6000/my%20db?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!((url.user.as_str(), url.password.as_deref(), url.host.as_str(), url.port), ("app", Some("s3cr@t/"), "::1", Some(6000)));
+        assert_eq!(url.database, "my db");
+        assert_eq!(url.params, vec![("sslmode".into(), "require".into()), ("sslrootcert".into(), "/ca.pem".into())]);
+        let url = PgUrl::parse("postgres://u@db.example").unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.password, url.database.as_str()), ("db.example", None, None, ""));
+        for bad in ["mysql://u@h/db", "postgres://u:pw@h:99999/db", "postgres://u:pw@h:x/db", "postgres://u:p%zz@h/db", "postgres://u@[::1/db", "postgres://u@a,b/db"] {
+            let err = PgUrl::parse(bad).unwrap_err();
+            assert!(!err.contains("pw") && !err.contains(bad), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod cutover;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pgcutover::config::{Config, Overrides};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(name = "pgcutover", version, about = "Postgres proxy that moves live sessions from an old server to a new one (zero-downtime major-version cutover)")]
@@ -79,11 +81,14 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGCUTOVER_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    let (filter, filter_warning) = pgcutover::logging::filter(std::env::var(pgcutover::logging::LOG_ENV).ok().as_deref());
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+        .with(filter)
         .init();
+    if let Some(warning) = filter_warning {
+        tracing::warn!("{warning}");
+    }
     match cli.command {
         Commands::Serve(args) => serve(args),
         Commands::Admin(args) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -152,7 +152,7 @@ impl Running {
             tracing::info!(sessions = self.shared.registry.len(), "shutdown deadline passed: closing the remaining sessions");
             self.shared.close_sessions.cancel();
             self.shared.registry.tell_all(|| Command::Shutdown);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.sessions.wait()).await;
+            let _ = tokio::time::timeout(crate::session::relay::CLOSE_TIME, self.sessions.wait()).await;
         }
         for task in self.background {
             task.abort();

@@ -17,11 +17,7 @@ use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
-use rand::rngs::OsRng;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+use ring::{digest, hmac, pbkdf2};
 use subtle::ConstantTimeEq;
 
 /// SASL mechanism name to advertise in `AuthenticationSASL`.
@@ -35,7 +31,6 @@ const RAW_NONCE_LEN: usize = 18;
 const KEY_LEN: usize = 32;
 
 type Key = [u8; KEY_LEN];
-type HmacSha256 = Hmac<Sha256>;
 
 /// base64("n,,") and base64("y,,"): the `c=` value a client without channel
 /// binding must echo back.
@@ -65,28 +60,36 @@ pub enum ScramError {
     Server(String),
     #[error("SCRAM exchange step called out of order")]
     OutOfOrder,
-    #[error("random number generator failed: {0}")]
-    Rng(String),
 }
 
 // ---------------------------------------------------------------------------
 // Primitives
 
+/// SHA-256 output (and HMAC-SHA-256 tag) as a fixed array.
+fn key_from(bytes: &[u8]) -> Key {
+    let mut out = [0u8; KEY_LEN];
+    out.copy_from_slice(&bytes[..KEY_LEN]);
+    out
+}
+
 fn hmac_sha256(key: &Key, parts: &[&[u8]]) -> Key {
-    // HMAC zero-pads keys shorter than the 64-byte block, so padding ourselves
-    // gives the same MAC through the infallible fixed-size constructor (all
-    // our keys are 32 bytes).
-    let mut block = [0u8; 64];
-    block[..KEY_LEN].copy_from_slice(key);
-    let mut mac = <HmacSha256 as KeyInit>::new(&block.into());
+    let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
     for p in parts {
         mac.update(p);
     }
-    mac.finalize().into_bytes().into()
+    key_from(mac.sign().as_ref())
+}
+
+fn sha256_parts(parts: &[&[u8]]) -> Key {
+    let mut h = digest::Context::new(&digest::SHA256);
+    for p in parts {
+        h.update(p);
+    }
+    key_from(h.finish().as_ref())
 }
 
 fn sha256(data: &[u8]) -> Key {
-    Sha256::digest(data).into()
+    sha256_parts(&[data])
 }
 
 /// See the module docs: identity for ASCII, raw UTF-8 otherwise.
@@ -96,7 +99,9 @@ fn normalize_password(password: &str) -> &[u8] {
 
 fn salted_password(password: &str, salt: &[u8], iterations: u32) -> Key {
     let mut out = [0u8; KEY_LEN];
-    pbkdf2::pbkdf2_hmac::<Sha256>(normalize_password(password), salt, iterations, &mut out);
+    // Verifiers with 0 iterations are refused when parsed; 1 keeps this total.
+    let rounds = std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN);
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, rounds, salt, normalize_password(password), &mut out);
     out
 }
 
@@ -116,17 +121,8 @@ fn xor(a: &Key, b: &Key) -> Key {
     out
 }
 
-fn random_bytes(buf: &mut [u8]) -> Result<(), ScramError> {
-    // try_fill_bytes: OsRng::fill_bytes would panic on failure.
-    OsRng
-        .try_fill_bytes(buf)
-        .map_err(|e| ScramError::Rng(e.to_string()))
-}
-
-fn random_nonce() -> Result<String, ScramError> {
-    let mut raw = [0u8; RAW_NONCE_LEN];
-    random_bytes(&mut raw)?;
-    Ok(B64.encode(raw))
+fn random_nonce() -> String {
+    B64.encode(rand::random::<[u8; RAW_NONCE_LEN]>())
 }
 
 fn decode_key(b64: &str, what: &'static str) -> Result<Key, ScramError> {
@@ -234,9 +230,7 @@ impl ScramVerifier {
     /// New verifier with a random 16-byte salt and 4096 iterations (Postgres'
     /// defaults).
     pub fn generate(password: &str) -> Result<Self, ScramError> {
-        let mut salt = [0u8; DEFAULT_SALT_LEN];
-        random_bytes(&mut salt)?;
-        Self::from_password(password, &salt, DEFAULT_ITERATIONS)
+        Self::from_password(password, &rand::random::<[u8; DEFAULT_SALT_LEN]>(), DEFAULT_ITERATIONS)
     }
 
     pub fn iterations(&self) -> u32 {
@@ -338,14 +332,7 @@ impl ScramServer {
 
     /// Process client-first-message, return server-first-message.
     pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let suffix = match random_nonce() {
-            Ok(s) => s,
-            Err(e) => {
-                self.state = ServerState::Failed;
-                return Err(e);
-            }
-        };
-        self.client_first_with_suffix(msg, suffix.as_bytes())
+        self.client_first_with_suffix(msg, random_nonce().as_bytes())
     }
 
     /// `client_first` with a given server nonce suffix (tests reproduce the
@@ -537,7 +524,7 @@ pub struct ScramClient {
 
 impl ScramClient {
     pub fn new(password: &str) -> Result<Self, ScramError> {
-        Ok(Self::with_nonce("", password, random_nonce()?))
+        Ok(Self::with_nonce("", password, random_nonce()))
     }
 
     fn with_nonce(username: &str, password: &str, nonce: String) -> Self {
@@ -655,15 +642,7 @@ fn cached_salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], [u8; 32]>>> = OnceLock::new();
     const MAX_ENTRIES: usize = 4096;
-    let key = {
-        let mut h = Sha256::new();
-        h.update(password.as_bytes());
-        h.update([0]);
-        h.update(salt);
-        h.update(iterations.to_be_bytes());
-        let out: [u8; 32] = h.finalize().into();
-        out
-    };
+    let key = sha256_parts(&[password.as_bytes(), &[0], salt, &iterations.to_be_bytes()]);
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).copied()) {
         return hit;

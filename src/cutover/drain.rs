@@ -15,6 +15,9 @@ pub struct Drained {
     pub interrupted: usize,
 }
 
+/// How often a session that is still busy after its interrupt gets it again.
+const INTERRUPT_REPEAT: Duration = Duration::from_millis(400);
+
 fn settled(handle: &SessionHandle) -> bool {
     !matches!(*handle.park.borrow(), Park::Running)
 }
@@ -32,27 +35,44 @@ async fn wait_settled(shared: &Shared, deadline: Instant, aborted: &(dyn Fn() ->
     }
 }
 
+/// Sends an interrupt to every session not yet settled; returns how many got one.
+fn interrupt_busy(sessions: &[Arc<SessionHandle>], idle_in_transaction: IdleInTransaction) -> usize {
+    let busy: Vec<_> = sessions.iter().filter(|h| !settled(h)).collect();
+    for handle in &busy {
+        let _ = handle.commands.send(Command::Interrupt { idle_in_transaction });
+    }
+    busy.len()
+}
+
 /// Holds the gate (the caller has set it) and drains. Err when sessions stay busy.
 pub async fn run(shared: &Arc<Shared>, drain_timeout: Duration, idle_in_transaction: IdleInTransaction, aborted: &(dyn Fn() -> bool + Sync)) -> Result<Drained, String> {
     let sessions = wait_settled(shared, Instant::now() + drain_timeout, aborted).await;
     if aborted() {
         return Err("abort requested".into());
     }
-    let busy: Vec<_> = sessions.iter().filter(|h| !settled(h)).cloned().collect();
-    for handle in &busy {
-        let _ = handle.commands.send(Command::Interrupt { idle_in_transaction });
-    }
-    let interrupted = busy.len();
+    let interrupted = interrupt_busy(&sessions, idle_in_transaction);
     if interrupted > 0 {
         tracing::info!(sessions = interrupted, "drain deadline passed: cancelling running statements and idle transactions");
-        // Cancelled statements return quickly; allow a short grace for their replies.
-        let grace = Duration::from_secs(2).max(drain_timeout / 2);
-        let sessions = wait_settled(shared, Instant::now() + grace, aborted).await;
-        let still_busy: Vec<String> = sessions.iter().filter(|h| !settled(h)).map(|h| h.id.to_string()).collect();
-        if !still_busy.is_empty() {
-            return Err(format!("sessions still busy after cancelling: {}", still_busy.join(", ")));
+        // Cancelled statements return quickly; allow a short grace for their replies. Postgres
+        // ignores a cancel that arrives before the statement starts (the request may still be
+        // on its way to the server), so the interrupt is repeated until the session settles.
+        let grace_end = Instant::now() + Duration::from_secs(2).max(drain_timeout / 2);
+        loop {
+            let next = (Instant::now() + INTERRUPT_REPEAT).min(grace_end);
+            let sessions = wait_settled(shared, next, aborted).await;
+            let busy = sessions.iter().filter(|h| !settled(h)).count();
+            if aborted() {
+                return Err("abort requested".into());
+            }
+            if busy == 0 {
+                return Ok(Drained { sessions, interrupted });
+            }
+            if Instant::now() >= grace_end {
+                let still_busy: Vec<String> = sessions.iter().filter(|h| !settled(h)).map(|h| h.id.to_string()).collect();
+                return Err(format!("sessions still busy after cancelling: {}", still_busy.join(", ")));
+            }
+            interrupt_busy(&sessions, idle_in_transaction);
         }
-        return Ok(Drained { sessions, interrupted });
     }
     if shared.registry.connecting() > 0 {
         return Err("clients still connecting at the drain deadline".into());

@@ -3,7 +3,6 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use rand::RngCore;
 use tokio::io::AsyncWriteExt;
 
 use super::handshake::{refuse, HandshakeError};
@@ -24,8 +23,7 @@ fn decoy_verifier() -> Option<&'static ScramVerifier> {
     static DECOY: OnceLock<Option<ScramVerifier>> = OnceLock::new();
     DECOY
         .get_or_init(|| {
-            let mut salt = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut salt);
+            let salt: [u8; 16] = rand::random();
             ScramVerifier::from_password(&hex(&salt), &salt, 4096).ok()
         })
         .as_ref()
@@ -51,8 +49,7 @@ pub async fn authenticate(shared: &Shared, reader: &mut FrameReader<Stream>, use
     match shared.config.auth {
         AuthMethod::Trust => {}
         AuthMethod::Md5 => {
-            let mut salt = [0u8; 4];
-            rand::rngs::OsRng.fill_bytes(&mut salt);
+            let salt: [u8; 4] = rand::random();
             write(reader, &messages::authentication(messages::AUTH_MD5, &salt)).await?;
             let body = read_password_message(reader).await?;
             let response = take_cstr(&body).map(|(r, _)| r).unwrap_or(&[]);

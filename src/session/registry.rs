@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dashmap::DashMap;
-use rand::RngCore;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 
@@ -172,11 +171,9 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (commands, rx) = mpsc::unbounded_channel();
         self.databases_seen.insert(new.startup.database().to_string(), ());
-        let mut rng = rand::rngs::OsRng;
         loop {
-            let key_pid = rng.next_u32() & 0x7fff_ffff;
-            let mut key_secret = [0u8; 4];
-            rng.fill_bytes(&mut key_secret);
+            let key_pid = rand::random::<u32>() & 0x7fff_ffff;
+            let key_secret: [u8; 4] = rand::random();
             let entry = match self.by_pid.entry(key_pid) {
                 dashmap::Entry::Occupied(_) => continue,
                 dashmap::Entry::Vacant(v) => v,

@@ -50,6 +50,14 @@ pub struct Relay {
 const RETIRE_AFTER: Duration = Duration::from_secs(1);
 const RETIRE_SPREAD_MS: u64 = 500;
 
+/// How long closing a session waits for the server to end its running statement.
+pub const STATEMENT_END_WAIT: Duration = Duration::from_secs(5);
+/// How often that cancel is re-sent meanwhile.
+const CANCEL_REPEAT: Duration = Duration::from_millis(500);
+/// How long the proxy's shutdown waits for sessions it told to close (they end running
+/// statements first).
+pub const CLOSE_TIME: Duration = Duration::from_secs(8);
+
 /// How a session ended, for the log line.
 pub enum End {
     ClientClosed,
@@ -455,20 +463,44 @@ impl Relay {
         self.terminate_standby().await;
     }
 
-    /// Sends `error` (after whatever is queued) to the client and ends the session.
+    /// Ends what the server still runs for this session, then sends `error` (after whatever
+    /// is queued) to the client and ends the session.
     async fn close_with(&mut self, error: Bytes, reason: &str) -> End {
+        self.end_running_statements().await;
         let code = parse_error_fields(&error[5..]).code;
         self.shared.metrics.error(&code);
         self.to_client.push(error);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
         let _ = self.client_wr.shutdown().await;
-        // The server reads Terminate only after the running statement ends, which could then
-        // still commit after the client was told the session is gone: cancel it first.
-        if self.state.outstanding > 0 {
-            let _ = backend::send_cancel(&self.backend.cancel).await;
-        }
         self.terminate_backends().await;
         End::Closed(reason.to_string())
+    }
+
+    /// The server reads Terminate only after the running statement ends, which could then
+    /// still commit after the client was told the session is gone. So: cancel, and wait for
+    /// the server's answers (dropped: the client gets the FATAL instead). Postgres ignores a
+    /// cancel that arrives before the statement starts, so the cancel is repeated.
+    async fn end_running_statements(&mut self) {
+        let deadline = tokio::time::Instant::now() + STATEMENT_END_WAIT;
+        while self.state.outstanding > 0 && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline, backend::send_cancel(&self.backend.cancel)).await;
+            let next_cancel = (tokio::time::Instant::now() + CANCEL_REPEAT).min(deadline);
+            while self.state.outstanding > 0 {
+                match tokio::time::timeout_at(next_cancel, self.backend.reader.read_batch()).await {
+                    Ok(Ok(Some(batch))) => {
+                        for (tag, body) in FrameIter::new(&batch) {
+                            self.state.on_server_frame(tag, body);
+                        }
+                    }
+                    // The server is gone: nothing of this session runs any more.
+                    Ok(Ok(None) | Err(_)) => return,
+                    Err(_) => break,
+                }
+            }
+        }
+        if self.state.outstanding > 0 {
+            tracing::warn!(session = self.handle.id, "the server did not end the running statement within {STATEMENT_END_WAIT:?}; closing anyway");
+        }
     }
 
     async fn shutdown(&mut self) -> End {
@@ -477,6 +509,8 @@ impl Relay {
 
     async fn server_lost(&mut self, reason: &str) -> End {
         let message = format!("server connection lost ({} server): {reason}", self.backend.role.as_str());
+        // Nothing runs for this session on a server whose connection is gone.
+        self.state.outstanding = 0;
         let _ = self.close_with(fatal("08006", &message), &message).await;
         End::ServerClosed(message)
     }

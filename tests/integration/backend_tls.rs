@@ -1,7 +1,7 @@
 //! TLS from the proxy to the servers: sslmode require and verify-full (with a CA file), for
 //! client sessions and for the proxy's own control connections.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

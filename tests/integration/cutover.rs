@@ -1,7 +1,7 @@
 //! Live cutover from Postgres 15 to Postgres 18 through the proxy, with real logical
 //! replication, real pgbench load and real clients.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::thread;

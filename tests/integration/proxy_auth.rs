@@ -1,6 +1,6 @@
 //! Authentication: clients to the proxy (SCRAM, md5, trust) and the proxy to the servers (SCRAM,
 //! md5, cleartext, trust), with real Postgres 15 roles.
-mod support;
+use crate::support;
 
 use support::proxy::{self, startup_packet, Msg, RawConn, PROTOCOL_3_0};
 use support::*;

@@ -1,6 +1,6 @@
 //! The proxy is transparent: real clients (psql, pgbench, tokio-postgres) and hand-made protocol
 //! traffic through an in-process pgcutover in front of the shared Postgres 15 server.
-mod support;
+use crate::support;
 
 use std::fs;
 use std::time::{Duration, Instant};

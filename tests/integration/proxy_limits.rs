@@ -1,13 +1,13 @@
 //! Robustness: limits, malformed input, unreachable or dying servers, configuration errors,
 //! the command line and the metrics endpoint. Each bad case also checks that another session
 //! on the same proxy keeps working.
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
+use rand::Rng;
 use support::proxy::{self, expect_fatal, query_frame, startup_packet, RawConn, TestProxy, PROTOCOL_3_0};
 use support::*;
 use tokio_postgres::error::SqlState;
@@ -292,7 +292,7 @@ fn random_bytes_do_not_hurt_the_proxy() {
     // waited for (up to the default 1 GiB).
     let proxy = proxy::for_server(old()).max_message_size(64 << 10).start();
     let mut witness = open_witness(&db, &proxy);
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     let mut threads = Vec::new();
     for i in 0..12 {
         let mut noise = vec![0u8; 4096 + (rng.next_u32() % 4096) as usize];

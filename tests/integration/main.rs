@@ -1,0 +1,12 @@
+//! The integration suite, as one test binary: the shared Postgres 15 ("old") and 18 ("new")
+//! servers start once for all of it, and the crate's dependencies are linked once.
+
+mod support;
+
+mod admin;
+mod backend_tls;
+mod cutover;
+mod proxy_auth;
+mod proxy_limits;
+mod proxy_protocol;
+mod rig;
