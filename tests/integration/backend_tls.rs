@@ -73,7 +73,7 @@ fn sessions_and_control_connections_use_tls_to_the_server() {
     let proxy = proxy_with_old_url(format!("{base}?sslmode=verify-full&sslrootcert={}", other.display()));
     let mut conn = RawConn::connect(proxy.addr);
     conn.send(&support::proxy::startup_packet(support::proxy::PROTOCOL_3_0, &[("user", SUPERUSER), ("database", "postgres")])).expect("send");
-    let (msgs, _) = conn.read_until_closed(std::time::Duration::from_secs(10));
+    let (msgs, _) = conn.read_until_closed(support::PATIENCE);
     let fatal = support::proxy::expect_fatal(&msgs, "08006");
     assert!(fatal.get(&'M').is_some_and(|m| m.contains("old server")), "{fatal:?}");
 }
@@ -84,7 +84,7 @@ fn sslmode_require_fails_clearly_when_the_server_has_no_tls() {
     let proxy = proxy_with_old_url(format!("{}?sslmode=require", server.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")));
     let mut conn = RawConn::connect(proxy.addr);
     conn.send(&support::proxy::startup_packet(support::proxy::PROTOCOL_3_0, &[("user", SUPERUSER), ("database", "postgres")])).expect("send");
-    let (msgs, closed) = conn.read_until_closed(std::time::Duration::from_secs(10));
+    let (msgs, closed) = conn.read_until_closed(support::PATIENCE);
     let fatal = support::proxy::expect_fatal(&msgs, "08006");
     assert!(fatal.get(&'M').is_some_and(|m| m.contains("does not support TLS")), "{fatal:?}");
     assert!(closed);

@@ -49,28 +49,29 @@ fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
     (v[0], v[1], v[2], v[3], v[4])
 }
 
-fn pgbench_cutover(mode: &str) {
+/// Three pgbench loads at once, one per protocol mode (simple, extended, prepared: 18 clients),
+/// through one cutover, plus sequences used through the proxy.
+#[test]
+fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     let (old, new) = (support::old(), support::new());
-    let db = old.create_database(&format!("cut_{mode}"));
+    let db = old.create_database("cut_pgbench");
     let port = old.port.to_string();
     support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
         .assert_success();
     // A sequence that pgbench does not touch but the application uses through the proxy.
     old.psql(&db, "CREATE SEQUENCE order_ids; CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)");
-    support::setup_replication(old, new, &db);
+    let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
-    let mode_owned = mode.to_string();
-    let db_owned = db.clone();
-    let bench = {
-        let port = proxy.port();
-        thread::spawn(move || {
-            let p = port.to_string();
-            support::pgbench(
-                &["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", "7", "-M", &mode_owned, "-n", &db_owned],
-                &[],
-            )
+    let benches: Vec<_> = ["simple", "extended", "prepared"]
+        .into_iter()
+        .map(|mode| {
+            let (port, db) = (proxy.port().to_string(), db.clone());
+            let handle = thread::spawn(move || {
+                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "6", "-j", "2", "-T", "8", "-M", mode, "-n", &db], &[])
+            });
+            (mode, handle)
         })
-    };
+        .collect();
     // Use the sequences through the proxy before the cutover.
     let proxy_url = proxy.url(SUPERUSER, "", &db);
     let psql = |sql: &str| {
@@ -90,24 +91,28 @@ fn pgbench_cutover(mode: &str) {
     thread::sleep(Duration::from_secs(2));
     let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
     let text = report_text(&report);
-    eprintln!("cutover report ({mode}):\n{text}");
+    eprintln!("cutover report:\n{text}");
     // After the cutover, sequences continue on new without duplicates.
     assert_eq!(psql("SELECT nextval('order_ids')"), "42", "sequence continues on new\n{text}");
     psql("INSERT INTO orders (note) VALUES ('after')");
     assert_eq!(psql("SELECT max(id) FROM orders"), "18");
     assert!(psql("SHOW server_version").starts_with("18"), "new connections go to new");
 
-    let result = bench.join().expect("pgbench thread");
-    result.assert_success();
-    assert_eq!(result.failed, 0, "pgbench saw failed transactions:\n{result}");
-    assert!(result.processed > 0, "{result}");
-    assert!(result.stderr.is_empty() || !result.stderr.contains("ERROR"), "pgbench errors:\n{result}");
+    let mut processed = 0;
+    for (mode, bench) in benches {
+        let result = bench.join().expect("pgbench thread");
+        result.assert_success();
+        assert_eq!(result.failed, 0, "pgbench -M {mode} saw failed transactions:\n{result}");
+        assert!(result.processed > 0, "{mode}: {result}");
+        assert!(result.stderr.is_empty() || !result.stderr.contains("ERROR"), "pgbench -M {mode} errors:\n{result}");
+        processed += result.processed;
+    }
 
     let (accounts, history, tellers, branches, count) = pgbench_totals(new, &db);
     assert_eq!(accounts, history, "sum(abalance) = sum(delta) on new\n{text}");
     assert_eq!(tellers, history, "sum(tbalance) = sum(delta) on new");
     assert_eq!(branches, history, "sum(bbalance) = sum(delta) on new");
-    assert_eq!(count as u64, result.processed, "every committed transaction is on new\n{result}\n{text}");
+    assert_eq!(count as u64, processed, "every committed transaction is on new\n{text}");
     // Every sequence on new is at least where it was on old.
     let on_old = old.psql(&db, "SELECT string_agg(schemaname||'.'||sequencename||'='||coalesce(last_value,0), ',' ORDER BY 1) FROM pg_sequences");
     for entry in on_old.split(',').filter(|e| !e.is_empty()) {
@@ -120,27 +125,12 @@ fn pgbench_cutover(mode: &str) {
     proxy.assert_no_panics();
 }
 
-#[test]
-fn pgbench_prepared_cutover_loses_nothing() {
-    pgbench_cutover("prepared");
-}
-
-#[test]
-fn pgbench_simple_cutover_loses_nothing() {
-    pgbench_cutover("simple");
-}
-
-#[test]
-fn pgbench_extended_cutover_loses_nothing() {
-    pgbench_cutover("extended");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_survives_the_move() {
     let (old, new) = (support::old(), support::new());
     let db = old.create_database("cut_state");
     old.psql(&db, "CREATE SCHEMA app; CREATE TABLE app.items (id int PRIMARY KEY, name text); INSERT INTO app.items VALUES (1, 'one')");
-    support::setup_replication(old, new, &db);
+    let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
 
     let (client, mut messages) = proxy.connect_with_messages(SUPERUSER, "", &db).await.expect("connect through proxy");
@@ -172,7 +162,7 @@ async fn session_state_survives_the_move() {
     // LISTEN moved: a NOTIFY on new reaches the client.
     new.psql(&db, "NOTIFY moved_channel, 'hello from 18'");
     let note = loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), messages.recv()).await.expect("notification in time").expect("channel open");
+        let message = tokio::time::timeout(support::PATIENCE, messages.recv()).await.expect("notification in time").expect("channel open");
         if let tokio_postgres::AsyncMessage::Notification(n) = message {
             break (n.channel().to_string(), n.payload().to_string());
         }
@@ -186,10 +176,16 @@ async fn session_state_survives_the_move() {
 
     // The cancel key the client got from the proxy cancels a statement on new.
     let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
-    let err = tokio::time::timeout(Duration::from_secs(10), sleeper).await.expect("cancelled in time").expect("task").expect_err("cancelled");
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(300)").await });
+    // Repeated: a cancel that arrives before the statement starts is ignored.
+    let canceller = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
+        }
+    });
+    let err = tokio::time::timeout(support::PATIENCE, sleeper).await.expect("cancelled in time").expect("task").expect_err("cancelled");
+    canceller.abort();
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
     proxy.assert_no_panics();
 }
@@ -199,7 +195,7 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
     let (old, new) = (support::old(), support::new());
     let db = old.create_database("cut_drain");
     old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)");
-    support::setup_replication(old, new, &db);
+    let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
 
     let sleeper = proxy.connect(SUPERUSER, "", &db).await.expect("connect");
@@ -208,7 +204,7 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
     let sleeper = Arc::new(sleeper);
     let sleeping = {
         let s = sleeper.clone();
-        tokio::spawn(async move { s.simple_query("SELECT pg_sleep(30)").await })
+        tokio::spawn(async move { s.simple_query("SELECT pg_sleep(300)").await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
@@ -219,7 +215,7 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
         tokio::task::spawn_blocking(move || run_cutover(&proxy, options)).await.expect("join")
     };
     let report = report.unwrap_or_else(|e| panic!("cutover failed: {e}"));
-    assert!(started.elapsed() < Duration::from_secs(10), "drain deadline respected");
+    assert!(started.elapsed() < support::PATIENCE, "drain deadline respected");
 
     let err = sleeping.await.expect("task").expect_err("long statement cancelled");
     assert_eq!(err.code().map(|c| c.code()), Some("57014"), "{err}");
@@ -236,8 +232,8 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
 }
 
 /// A database on `old` with pgbench tables (scale 1), `extra_sql` run after the load, replicated
-/// to `new`. Returns the database and the subscription names.
-fn pgbench_db(old: &PgServer, new: &PgServer, prefix: &str, extra_sql: &str) -> (String, String) {
+/// to `new`. Returns the database and the subscription (dropped with it).
+fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql: &str) -> (String, support::Replication<'a>) {
     let db = old.create_database(prefix);
     let port = old.port.to_string();
     support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
@@ -245,8 +241,8 @@ fn pgbench_db(old: &PgServer, new: &PgServer, prefix: &str, extra_sql: &str) -> 
     if !extra_sql.is_empty() {
         old.psql(&db, extra_sql);
     }
-    let sub = support::setup_replication(old, new, &db);
-    (db, sub)
+    let replication = support::setup_replication(old, new, &db);
+    (db, replication)
 }
 
 /// pgbench TPC-B-like, 8 clients, -M prepared, through the proxy, in the background.
@@ -274,7 +270,7 @@ fn assert_pgbench_stayed_on_old(proxy: &TestProxy, old: &PgServer, db: &str, ben
 fn abort_when_new_is_down_keeps_pgbench_on_old() {
     let old = support::old();
     let new = support::start(18);
-    let (db, _) = pgbench_db(old, &new, "cut_newdown", "");
+    let (db, _replication) = pgbench_db(old, &new, "cut_newdown", "");
     let proxy = proxy(old, &new, FileConfig::default());
     let bench = background_pgbench(&proxy, &db, 5);
     thread::sleep(Duration::from_secs(1));
@@ -289,7 +285,7 @@ fn abort_when_new_is_down_keeps_pgbench_on_old() {
 #[test]
 fn stalled_replication_fails_the_preflight_before_anything_is_held() {
     let (old, new) = (support::old(), support::new());
-    let (db, _) = pgbench_db(old, new, "cut_stall", "CREATE TABLE blocker (id int PRIMARY KEY)");
+    let (db, _replication) = pgbench_db(old, new, "cut_stall", "CREATE TABLE blocker (id int PRIMARY KEY)");
     // A row on new that the next insert on old collides with: the apply worker fails and
     // retries, so replication stalls while the subscription stays enabled.
     new.psql(&db, "INSERT INTO blocker VALUES (1)");
@@ -336,7 +332,7 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
             run_cutover(&proxy, options)
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
@@ -371,7 +367,7 @@ fn a_second_cutover_is_refused_while_one_runs() {
     let (old, new) = (support::old(), support::new());
     let db = old.create_database("cut_twice");
     old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
-    support::setup_replication(old, new, &db);
+    let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
     // An open transaction keeps the first cutover in its drain phase for the whole deadline.
     let mut raw = RawConn::login(proxy.addr, SUPERUSER, "", &db);
@@ -381,7 +377,7 @@ fn a_second_cutover_is_refused_while_one_runs() {
         let proxy = proxy.clone();
         thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(2)), ..Default::default() }))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
@@ -392,11 +388,11 @@ fn a_second_cutover_is_refused_while_one_runs() {
     proxy.assert_no_panics();
 }
 
-fn replicated_db(old: &PgServer, new: &PgServer, prefix: &str) -> String {
+fn replicated_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str) -> (String, support::Replication<'a>) {
     let db = old.create_database(prefix);
     old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)");
-    support::setup_replication(old, new, &db);
-    db
+    let replication = support::setup_replication(old, new, &db);
+    (db, replication)
 }
 
 fn file_with(f: impl FnOnce(&mut pgcutover::config::FileCutover)) -> FileConfig {
@@ -408,7 +404,7 @@ fn file_with(f: impl FnOnce(&mut pgcutover::config::FileCutover)) -> FileConfig 
 #[test]
 fn sessions_holding_temp_tables_are_closed_with_a_clear_fatal() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_temp");
+    let (db, _replication) = replicated_db(old, new, "cut_temp");
     let proxy = proxy(old, new, FileConfig::default());
     let mut pinned = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     pinned.simple_query("CREATE TEMP TABLE scratch (x int)");
@@ -428,7 +424,7 @@ fn sessions_holding_temp_tables_are_closed_with_a_clear_fatal() {
     assert_eq!(verdicts.iter().filter(|v| v.as_str() == "yes").count(), 1, "{verdicts:?}");
     assert_eq!(verdicts.iter().filter(|v| v.contains("temporary tables")).count(), 1, "{verdicts:?}");
     let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
-    let (msgs, closed) = pinned.read_until_closed(Duration::from_secs(5));
+    let (msgs, closed) = pinned.read_until_closed(support::PATIENCE);
     let fatal = support::proxy::expect_fatal(&msgs, "57P01");
     assert!(fatal.get(&'M').is_some_and(|m| m.contains("temporary tables")), "{fatal:?}");
     assert!(closed, "the pinned session is closed");
@@ -439,7 +435,7 @@ fn sessions_holding_temp_tables_are_closed_with_a_clear_fatal() {
 #[test]
 fn unmovable_sessions_can_abort_the_cutover_instead() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_temp_abort");
+    let (db, _replication) = replicated_db(old, new, "cut_temp_abort");
     let proxy = proxy(old, new, file_with(|c| c.unmovable_sessions = Some("abort".into())));
     let mut pinned = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     pinned.simple_query("SELECT pg_advisory_lock(42)");
@@ -453,13 +449,13 @@ fn unmovable_sessions_can_abort_the_cutover_instead() {
 #[test]
 fn idle_transaction_policy_terminate_closes_with_57p01() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_terminate");
+    let (db, _replication) = replicated_db(old, new, "cut_terminate");
     let proxy = proxy(old, new, file_with(|c| c.idle_in_transaction = Some("terminate".into())));
     let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     idle.simple_query("BEGIN; UPDATE t SET v = 5 WHERE id = 1");
     let options = CutoverOptions { drain_timeout: Some(Duration::from_millis(300)), ..Default::default() };
     run_cutover(&proxy, options).unwrap_or_else(|e| panic!("cutover failed: {e}"));
-    let (msgs, closed) = idle.read_until_closed(Duration::from_secs(5));
+    let (msgs, closed) = idle.read_until_closed(support::PATIENCE);
     support::proxy::expect_fatal(&msgs, "57P01");
     assert!(closed);
     assert_eq!(new.psql(&db, "SELECT v FROM t"), "0", "the idle transaction was rolled back, not applied");
@@ -469,7 +465,7 @@ fn idle_transaction_policy_terminate_closes_with_57p01() {
 #[test]
 fn idle_transaction_policy_abort_keeps_everything_on_old() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_idle_abort");
+    let (db, _replication) = replicated_db(old, new, "cut_idle_abort");
     let proxy = proxy(old, new, FileConfig::default());
     let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     idle.simple_query("BEGIN; UPDATE t SET v = 7 WHERE id = 1");
@@ -490,7 +486,7 @@ fn idle_transaction_policy_abort_keeps_everything_on_old() {
 #[test]
 fn clients_connecting_during_the_hold_wait_and_land_on_new() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_latecomer");
+    let (db, _replication) = replicated_db(old, new, "cut_latecomer");
     let proxy = Arc::new(proxy(old, new, FileConfig::default()));
     // An open transaction keeps the hold up for the drain deadline.
     let mut idle = RawConn::login(proxy.addr, SUPERUSER, "", &db);
@@ -499,7 +495,7 @@ fn clients_connecting_during_the_hold_wait_and_land_on_new() {
         let proxy = proxy.clone();
         thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_millis(1500)), ..Default::default() }))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while !proxy.shared.gate.state().held && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
@@ -516,7 +512,7 @@ fn clients_connecting_during_the_hold_wait_and_land_on_new() {
 #[test]
 fn abort_command_during_the_hold_resumes_sessions_without_errors() {
     let (old, new) = (support::old(), support::new());
-    let db = replicated_db(old, new, "cut_abortcmd");
+    let (db, _replication) = replicated_db(old, new, "cut_abortcmd");
     let proxy = Arc::new(proxy(old, new, FileConfig::default()));
     let mut busy = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     busy.simple_query("BEGIN; UPDATE t SET v = 1 WHERE id = 1");
@@ -525,7 +521,7 @@ fn abort_command_during_the_hold_resumes_sessions_without_errors() {
         let proxy = proxy.clone();
         thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(5)), ..Default::default() }))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
@@ -550,7 +546,7 @@ fn abort_command_during_the_hold_resumes_sessions_without_errors() {
 fn fence_old_makes_old_read_only_at_the_switch() {
     let old = support::start(15);
     let new = support::new();
-    let db = replicated_db(&old, new, "cut_fence");
+    let (db, _replication) = replicated_db(&old, new, "cut_fence");
     let proxy = proxy(&old, new, FileConfig::default());
     let mut session = RawConn::login(proxy.addr, SUPERUSER, "", &db);
     session.simple_query("UPDATE t SET v = 3");
@@ -574,7 +570,7 @@ fn operator_flow_with_the_binaries() {
     let port = old.port.to_string();
     support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
         .assert_success();
-    support::setup_replication(old, new, &db);
+    let _replication = support::setup_replication(old, new, &db);
     let free = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let (listen, admin) = (free(), free());
     let binary = env!("CARGO_BIN_EXE_pgcutover");
@@ -585,7 +581,7 @@ fn operator_flow_with_the_binaries() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pgcutover");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + support::PATIENCE;
     while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
         assert!(Instant::now() < deadline, "pgcutover did not start");
         thread::sleep(Duration::from_millis(50));

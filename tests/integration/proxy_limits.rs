@@ -54,7 +54,7 @@ async fn max_clients_refuses_the_extra_client_with_53300() {
     assert_eq!(b.query_one("SELECT 2", &[]).await.unwrap().get::<_, i32>(0), 2);
     // A slot frees up when a session ends.
     drop(b);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + support::PATIENCE;
     let c = loop {
         match proxy.connect(APP_USER, APP_PASSWORD, &db).await {
             Ok(c) => break c,
@@ -71,12 +71,12 @@ async fn max_clients_refuses_the_extra_client_with_53300() {
     let token = a.cancel_token();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        for _ in 0..20 {
+        for _ in 0..100 {
             token.cancel_query(tokio_postgres::NoTls).await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    let err = a.simple_query("SELECT pg_sleep(30)").await.expect_err("cancel at max_clients did not get through");
+    let err = a.simple_query("SELECT pg_sleep(300)").await.expect_err("cancel at max_clients did not get through");
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
     canceller.abort();
     assert_eq!(proxy.metrics().matches("reason=\"too_many_clients\"} ").count(), 1, "rejection metric");
@@ -104,7 +104,7 @@ fn oversized_message_gets_08p01_and_close() {
         // The proxy may close before reading it all; write errors are expected then.
         let _ = writer.write_all(&frame);
     });
-    let (msgs, closed) = bad.read_until_closed(Duration::from_secs(10));
+    let (msgs, closed) = bad.read_until_closed(support::PATIENCE);
     let f = expect_fatal(&msgs, "08P01");
     assert!(f[&'M'].contains("exceeds"), "{f:?}");
     assert!(closed, "connection left open after an oversized message");
@@ -120,7 +120,8 @@ fn oversized_message_gets_08p01_and_close() {
 #[test]
 fn oversized_message_before_authentication_is_refused() {
     let db = old().create_database("pl_preauth");
-    let proxy = proxy::for_server(old()).start(); // default max_message_size: 1 GiB
+    // Default max_message_size (1 GiB); a startup timeout far past the bound asserted below.
+    let proxy = proxy::for_server(old()).startup_timeout("300s").start();
     let mut witness = open_witness(&db, &proxy);
     for (what, len) in [("512 MiB", 512u32 << 20), ("just over 64 KiB", 65_535 + 5)] {
         let mut c = RawConn::connect(proxy.addr);
@@ -132,11 +133,11 @@ fn oversized_message_before_authentication_is_refused() {
         header.extend_from_slice(&len.to_be_bytes());
         c.send(&header).unwrap();
         let _ = c.send(&vec![b'n'; 1024]);
-        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let (msgs, closed) = c.read_until_closed(support::PATIENCE);
         let f = expect_fatal(&msgs, "08P01");
         assert!(f[&'M'].contains("exceeds"), "{what}: {f:?}");
         assert!(closed, "{what}: not closed");
-        assert!(started.elapsed() < Duration::from_secs(3), "{what}: refused only after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}: refused only after {:?}", started.elapsed());
         witness.check();
     }
     // A SCRAM exchange (small messages) still works, as does a big message after login.
@@ -171,7 +172,7 @@ fn malformed_startup_packets_get_08p01() {
     for (what, bytes) in cases {
         let mut c = RawConn::connect(proxy.addr);
         c.send(&bytes).unwrap();
-        let (msgs, closed) = c.read_until_closed(Duration::from_secs(5));
+        let (msgs, closed) = c.read_until_closed(support::PATIENCE);
         let f = expect_fatal(&msgs, "08P01");
         assert!(f[&'M'].contains("invalid startup packet"), "{what}: {f:?}");
         assert!(closed, "{what}: connection left open");
@@ -193,12 +194,12 @@ fn startup_timeout_closes_silent_connections() {
     let mut no_password = RawConn::connect(proxy.addr);
     no_password.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
     for (what, c) in [("silent", &mut silent), ("partial", &mut partial), ("no password", &mut no_password)] {
-        let (msgs, closed) = c.read_until_closed(Duration::from_secs(6));
+        let (msgs, closed) = c.read_until_closed(support::PATIENCE);
         assert!(closed, "{what}: still open after {:?}", started.elapsed());
         assert!(msgs.iter().all(|m| m.tag != b'Z'), "{what}: {msgs:?}");
     }
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5), "closed after {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(30), "closed after {elapsed:?}");
     witness.check();
     // The witness outlived the startup timeout: it applies to the startup only.
     std::thread::sleep(Duration::from_millis(200));
@@ -215,7 +216,7 @@ fn wrong_password_gets_28p01() {
     c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
     let (_, seen) = c.authenticate("wrong-password").expect_err("wrong password accepted");
     expect_fatal(&seen, "28P01");
-    let (_, closed) = c.read_until_closed(Duration::from_secs(5));
+    let (_, closed) = c.read_until_closed(support::PATIENCE);
     assert!(closed);
     witness.check();
     let failures = proxy.metric("pgcutover_auth_failures_total");
@@ -236,7 +237,7 @@ fn unreachable_server_gets_08006_naming_the_address() {
         let db = err.as_db_error().unwrap();
         assert_eq!(db.severity(), "FATAL");
         assert!(db.message().contains(&format!("127.0.0.1:{port}")), "{}", db.message());
-        assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     }
     // The proxy itself is fine: metrics answer and count the errors.
     let metrics = proxy.metrics();
@@ -254,13 +255,13 @@ fn server_dying_mid_session() {
     let mut victim = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
     assert_eq!(victim.query_values("SELECT 'alive'"), vec!["alive"]);
     let mut busy = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
-    busy.send(&query_frame("SELECT pg_sleep(30)")).unwrap();
+    busy.send(&query_frame("SELECT pg_sleep(300)")).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
     server.stop_immediate();
     let started = Instant::now();
     for (what, c) in [("idle", &mut victim), ("busy", &mut busy)] {
-        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let (msgs, closed) = c.read_until_closed(support::PATIENCE);
         let errors: Vec<_> = msgs.iter().filter(|m| m.tag == b'E').map(|m| m.fields()).collect();
         assert!(
             errors.iter().any(|f| f.get(&'S').map(String::as_str) == Some("FATAL")),
@@ -271,7 +272,7 @@ fn server_dying_mid_session() {
         let lost = expect_fatal(&msgs, "08006");
         assert!(lost[&'M'].contains("server connection lost"), "{what}: {lost:?}");
     }
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < support::PATIENCE);
 
     // Still accepting: a new client gets a clear 08006 while the server is down...
     let rt = rt();
@@ -320,7 +321,7 @@ fn random_bytes_do_not_hurt_the_proxy() {
                 _ => RawConn::login(addr, APP_USER, APP_PASSWORD, &db),
             };
             let _ = c.send(&noise);
-            let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+            let (msgs, closed) = c.read_until_closed(support::PATIENCE);
             (i, closed, msgs.iter().any(|m| m.tag == b'E'))
         }));
     }
@@ -480,7 +481,7 @@ async fn metrics_endpoint_counts_and_hides_passwords() {
 
     // The session's end shows.
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + support::PATIENCE;
     while proxy.metric("pgcutover_client_connections") != Some(0.0) {
         assert!(Instant::now() < deadline, "client_connections did not drop to 0");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -524,16 +525,16 @@ fn shutdown_closes_sessions_with_57p01() {
     let addr = proxy.addr;
     let mut idle = RawConn::login(addr, APP_USER, APP_PASSWORD, &db);
     let mut busy = RawConn::login(addr, APP_USER, APP_PASSWORD, &db);
-    busy.send(&query_frame("SELECT pg_sleep(30)")).unwrap();
+    busy.send(&query_frame("SELECT pg_sleep(300)")).unwrap();
     let started = Instant::now();
     proxy.stop();
     for (what, c) in [("idle", &mut idle), ("busy", &mut busy)] {
-        let (msgs, closed) = c.read_until_closed(Duration::from_secs(10));
+        let (msgs, closed) = c.read_until_closed(support::PATIENCE);
         let f = expect_fatal(&msgs, "57P01");
         assert!(f[&'M'].contains("shutting down"), "{what}: {f:?}");
         assert!(closed, "{what}: not closed");
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(started.elapsed() < support::PATIENCE, "{:?}", started.elapsed());
     assert!(std::net::TcpStream::connect(addr).is_err(), "still accepting after shutdown");
 }
 
@@ -548,17 +549,17 @@ fn shutdown_does_not_let_a_terminated_statement_commit() {
     let mut busy = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
     // One simple Query = one implicit transaction: sleep, then insert.
     busy.send(&query_frame("SELECT pg_sleep(2); INSERT INTO w VALUES (1)")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'") == "0" {
         assert!(Instant::now() < deadline, "the statement never started");
         std::thread::sleep(Duration::from_millis(20));
     }
     proxy.stop();
-    let (msgs, closed) = busy.read_until_closed(Duration::from_secs(10));
+    let (msgs, closed) = busy.read_until_closed(support::PATIENCE);
     expect_fatal(&msgs, "57P01");
     assert!(closed);
     // Give the statement time to finish had it been left running.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::PATIENCE;
     while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()") != "0" {
         assert!(Instant::now() < deadline, "server session left behind");
         std::thread::sleep(Duration::from_millis(50));

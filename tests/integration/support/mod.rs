@@ -66,8 +66,13 @@ pub const RUN_AS_USER: &str = "pgcutover";
 /// Host every server listens on.
 pub const HOST: &str = "127.0.0.1";
 
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const REPLICATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a test waits for something that should happen soon (a reply, a close, a phase).
+/// Generous: CI machines have been 20x slower than a laptop. A test that checks a timing of
+/// the product asserts that bound on its own.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 // ------------------------------------------------------------------------------------------------
 // Shared servers
@@ -244,10 +249,26 @@ impl PgServer {
     /// Run SQL as the superuser over TCP with psql (`-XAtq -v ON_ERROR_STOP=1`, SQL fed on stdin,
     /// so several statements run one by one). Panics with stderr on failure; returns trimmed stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        match self.psql_as(SUPERUSER, SUPERUSER_PASSWORD, db, sql) {
+        match self.try_psql(db, sql) {
             Ok(out) => out,
             Err(e) => panic!("psql on Postgres {} (port {}) db {db:?} failed:\nSQL: {sql}\n{e}", self.version, self.port),
         }
+    }
+
+    /// Like [`psql`](Self::psql), `Err` carrying stderr instead of a panic.
+    pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        psql_output(self.superuser_client("psql", db), sql)
+    }
+
+    /// A client tool (psql, pg_dump) connected as the superuser over the unix socket: trust
+    /// auth, so no SCRAM exchange per call (which costs real time on a slow machine).
+    fn superuser_client(&self, tool: &str, db: &str) -> Command {
+        let mut cmd = client_command(tool);
+        cmd.arg("-h").arg(&self.socket_dir).arg("-p").arg(self.port.to_string()).args(["-U", SUPERUSER, "-d", db]);
+        if tool == "psql" {
+            cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-f", "-"]);
+        }
+        cmd
     }
 
     /// Like [`psql`](Self::psql) but as any role with any password; `Err` carries stderr.
@@ -258,17 +279,7 @@ impl PgServer {
             .arg(self.port.to_string())
             .args(["-U", user, "-d", db, "-f", "-"])
             .env("PGPASSWORD", password);
-        let out = run_with_stdin(cmd, sql.as_bytes()).map_err(|e| format!("cannot run psql: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "psql exited with {}\nstderr: {}\nstdout: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))
-        }
+        psql_output(cmd, sql)
     }
 
     /// Create a uniquely named database (unique across tests and test binaries), grant every test
@@ -283,21 +294,23 @@ impl PgServer {
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{p}_{}_{n}", std::process::id());
-        self.psql("postgres", &format!("CREATE DATABASE {};", quote_ident(&name)));
-        self.grant_test_roles(&name);
+        self.create_database_named(&name);
         name
     }
 
-    fn grant_test_roles(&self, db: &str) {
+    /// CREATE DATABASE `name` with the test-role grants, in one psql run. FILE_COPY copies the
+    /// template's files instead of writing them to WAL, which every walsender of every other
+    /// test would have to read through.
+    pub fn create_database_named(&self, name: &str) {
         let roles = TEST_ROLES.iter().map(|(r, _)| quote_ident(r)).collect::<Vec<_>>().join(", ");
+        let db = quote_ident(name);
         self.psql(
             "postgres",
-            &format!("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {roles};", quote_ident(db)),
-        );
-        self.psql(
-            db,
             &format!(
-                "GRANT ALL ON SCHEMA public TO {roles};\n\
+                "CREATE DATABASE {db} STRATEGY = FILE_COPY;\n\
+                 GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {db} TO {roles};\n\
+                 \\c {db}\n\
+                 GRANT ALL ON SCHEMA public TO {roles};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO {roles};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO {roles};\n\
                  ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO {roles};"
@@ -550,45 +563,32 @@ impl Drop for PgServer {
 
 /// Replicate database `db` (which must exist on `old`, with its tables) to `new`: create `db` on
 /// new (with the test-role grants), load old's `pg_dump --schema-only` into it, `CREATE PUBLICATION
-/// ... FOR ALL TABLES` on old and `CREATE SUBSCRIPTION` on new, then wait (60 s) until every table
-/// of the subscription is in state `r` and its apply worker runs. Returns the subscription name
-/// (which is also the slot name on old; the publication name is [`publication_name`]).
-pub fn setup_replication(old: &PgServer, new: &PgServer, db: &str) -> String {
+/// ... FOR ALL TABLES` on old and `CREATE SUBSCRIPTION` on new, then wait (up to
+/// [`REPLICATION_TIMEOUT`]) until every table of the subscription is in state `r` and its apply
+/// worker runs. The returned guard shows the subscription name (also the slot name on old; the
+/// publication name is [`publication_name`]) and drops the subscription when the test ends, so no
+/// idle walsender keeps reading the WAL of every other test.
+pub fn setup_replication<'a>(old: &'a PgServer, new: &'a PgServer, db: &str) -> Replication<'a> {
     let sub = subscription_name(db);
     let publ = publication_name(db);
 
-    new.psql("postgres", &format!("CREATE DATABASE {};", quote_ident(db)));
-    new.grant_test_roles(db);
+    new.create_database_named(db);
 
     // Schema: old's pg_dump (15) into new with psql.
-    let mut dump = client_command("pg_dump");
-    dump.args(["--schema-only", "--no-publications", "--no-subscriptions", "-h", HOST])
-        .arg("-p")
-        .arg(old.port.to_string())
-        .args(["-U", SUPERUSER, "-d", db])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .stdin(Stdio::null());
+    let mut dump = old.superuser_client("pg_dump", db);
+    dump.args(["--schema-only", "--no-publications", "--no-subscriptions"]).stdin(Stdio::null());
     let out = dump.output().unwrap_or_else(|e| panic!("cannot run pg_dump: {e}"));
     if !out.status.success() {
         panic!("pg_dump --schema-only of {db} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let schema = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut load = client_command("psql");
-    load.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-h", HOST])
-        .arg("-p")
-        .arg(new.port.to_string())
-        .args(["-U", SUPERUSER, "-d", db, "-f", "-"])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD);
-    let out = run_with_stdin(load, schema.as_bytes()).unwrap_or_else(|e| panic!("cannot run psql: {e}"));
-    if !out.status.success() {
-        panic!(
-            "loading the schema of {db} into Postgres {} failed: {}\nschema:\n{schema}",
-            new.version,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if let Err(e) = new.try_psql(db, &schema) {
+        panic!("loading the schema of {db} into Postgres {} failed: {e}\nschema:\n{schema}", new.version);
     }
 
     old.psql(db, &format!("CREATE PUBLICATION {} FOR ALL TABLES;", quote_ident(&publ)));
+    // Creating the slot waits for every transaction open on old at that moment, other tests'
+    // included: on a slow machine that takes a while, hence the generous timeout below.
     new.psql(
         db,
         &format!(
@@ -598,18 +598,19 @@ pub fn setup_replication(old: &PgServer, new: &PgServer, db: &str) -> String {
             quote_ident(&publ)
         ),
     );
+    let replication = Replication { name: sub, old, new, db: db.to_string() };
 
     let check = format!(
         "SELECT (SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
                   WHERE s.subname = {lit} AND r.srsubstate <> 'r') \
              || ' ' || (SELECT count(*) FROM pg_stat_subscription WHERE subname = {lit} AND relid IS NULL AND pid IS NOT NULL);",
-        lit = quote_literal(&sub)
+        lit = quote_literal(&replication.name)
     );
     let deadline = Instant::now() + REPLICATION_TIMEOUT;
     loop {
         let state = new.psql(db, &check);
         if state == "0 1" {
-            return sub;
+            return replication;
         }
         if Instant::now() >= deadline {
             let rels = new.psql(
@@ -617,11 +618,11 @@ pub fn setup_replication(old: &PgServer, new: &PgServer, db: &str) -> String {
                 &format!(
                     "SELECT string_agg(r.srrelid::regclass || '=' || r.srsubstate, ', ') FROM pg_subscription_rel r \
                      JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = {};",
-                    quote_literal(&sub)
+                    quote_literal(&replication.name)
                 ),
             );
             panic!(
-                "subscription {sub} on Postgres {} not ready after {:?} (not-ready tables / apply workers: {state}; \
+                "subscription {replication} on Postgres {} not ready after {:?} (not-ready tables / apply workers: {state}; \
                  tables: {rels})\nnew log:\n{}\nold log:\n{}",
                 new.version,
                 REPLICATION_TIMEOUT,
@@ -629,7 +630,47 @@ pub fn setup_replication(old: &PgServer, new: &PgServer, db: &str) -> String {
                 old.log_tail(40)
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A subscription made by [`setup_replication`]; dropped (with its slot on old) with the guard.
+pub struct Replication<'a> {
+    name: String,
+    old: &'a PgServer,
+    new: &'a PgServer,
+    db: String,
+}
+
+impl fmt::Display for Replication<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for Replication<'_> {
+    fn drop(&mut self) {
+        let sub = quote_ident(&self.name);
+        if self.new.is_running() {
+            if self.new.try_psql(&self.db, &format!("DROP SUBSCRIPTION IF EXISTS {sub};")).is_ok() {
+                return;
+            }
+            // Old unreachable or fenced: detach the slot and drop the subscription...
+            let _ = self.new.try_psql(
+                &self.db,
+                &format!("ALTER SUBSCRIPTION {sub} DISABLE; ALTER SUBSCRIPTION {sub} SET (slot_name = NONE); DROP SUBSCRIPTION {sub};"),
+            );
+        }
+        // ... then the slot, which would otherwise keep old's WAL.
+        if self.old.is_running() {
+            let _ = self.old.try_psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = {} AND NOT active;",
+                    quote_literal(&self.name)
+                ),
+            );
+        }
     }
 }
 
@@ -892,6 +933,21 @@ fn client_command(tool: &str) -> Command {
     }
     cmd.env("PGCONNECT_TIMEOUT", "10").env("PGSSLMODE", "disable");
     cmd
+}
+
+/// Runs psql with `sql` on stdin: trimmed stdout, or `Err` with the exit status and stderr.
+fn psql_output(cmd: Command, sql: &str) -> Result<String, String> {
+    let out = run_with_stdin(cmd, sql.as_bytes()).map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "psql exited with {}\nstderr: {}\nstdout: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        ))
+    }
 }
 
 fn run_with_stdin(mut cmd: Command, input: &[u8]) -> io::Result<Output> {

@@ -351,7 +351,7 @@ impl TestProxy {
             // On a thread of our own: dropping a runtime inside another one panics.
             let _ = std::thread::spawn(move || {
                 rt.block_on(async {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), running.shutdown()).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(30), running.shutdown()).await;
                 });
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
