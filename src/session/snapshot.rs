@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::outbound::Outbound;
 use crate::backend::BackendConn;
-use crate::protocol::messages::{self, parse_data_row, parse_error_fields, parse_parameter_status};
+use crate::protocol::messages::{self, parse_data_row, parse_error_fields, parse_parameter_status, ErrorFields};
 
 /// Everything about a session that lives on the server and must follow it.
 #[derive(Debug, Default, Clone)]
@@ -55,7 +55,7 @@ pub async fn run_internal(
     queries: &[Bytes],
     to_client: Option<&mut Outbound>,
     params: &mut Vec<(String, String)>,
-) -> Result<(Vec<Vec<Option<Bytes>>>, Vec<String>), SnapshotError> {
+) -> Result<(Vec<Vec<Option<Bytes>>>, Vec<ErrorFields>), SnapshotError> {
     if queries.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -74,7 +74,7 @@ pub async fn run_internal(
         let (tag, body) = conn.reader.read_frame().await?.ok_or(SnapshotError::Closed)?;
         match tag {
             b'D' => rows.push(parse_data_row(&body).unwrap_or_default()),
-            b'E' => errors.push(parse_error_fields(&body).message),
+            b'E' => errors.push(parse_error_fields(&body)),
             b'Z' => seen += 1,
             b'S' => {
                 if let Some(p) = parse_parameter_status(&body) {
@@ -96,11 +96,22 @@ fn text(col: &Option<Bytes>) -> String {
     col.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
+/// How often the read-only capture query is tried when a cancel hits it.
+const CAPTURE_TRIES: usize = 4;
+
 pub async fn capture(conn: &mut BackendConn, to_client: &mut Outbound, params: &mut Vec<(String, String)>) -> Result<Snapshot, SnapshotError> {
-    let (rows, errors) = run_internal(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
-    if let Some(e) = errors.into_iter().next() {
-        return Err(SnapshotError::Server(format!("could not read the session's state: {e}")));
-    }
+    let mut tries = 0;
+    let rows = loop {
+        tries += 1;
+        let (rows, errors) = run_internal(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
+        match errors.into_iter().next() {
+            None => break rows,
+            // A cancel the drain sent for the statement before this one can land late, on
+            // this query instead (Postgres cannot tell them apart): it only reads, so run it again.
+            Some(e) if e.code == "57014" && tries < CAPTURE_TRIES => continue,
+            Some(e) => return Err(SnapshotError::Server(format!("could not read the session's state: {}", e.message))),
+        }
+    };
     let mut snap = Snapshot::default();
     for row in rows {
         let [kind, name, value] = [row.first(), row.get(1), row.get(2)].map(|c| c.map(text).unwrap_or_default());
@@ -162,7 +173,8 @@ pub async fn replay(
     let mut params = Vec::new();
     let (_, errors) = run_internal(conn, &queries, None, &mut params).await?;
     if !errors.is_empty() {
-        return Err(SnapshotError::Server(format!("replaying the session on the new server failed: {}", errors.join("; "))));
+        let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
+        return Err(SnapshotError::Server(format!("replaying the session on the new server failed: {}", messages.join("; "))));
     }
     Ok(params)
 }
