@@ -76,6 +76,9 @@ pub struct BackendConn {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server may take for each reply during login. Generous: a loaded server may
+/// be slow to fork and authenticate, and giving up turns a stall into a failed connection.
+const LOGIN_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest message accepted from a server. `max_message_size` guards against clients; a
 /// server's rows are what the application asked for, and Postgres itself never sends a
@@ -104,7 +107,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
     let mut params = Vec::new();
     let mut cancel = CancelTarget { address: address.clone(), pid: 0, secret: Bytes::new() };
     loop {
-        let (tag, body) = tokio::time::timeout(CONNECT_TIMEOUT * 2, reader.read_frame())
+        let (tag, body) = tokio::time::timeout(LOGIN_REPLY_TIMEOUT, reader.read_frame())
             .await
             .map_err(|_| unreachable("timed out during startup".into()))?
             .map_err(|e| protocol(e.to_string()))?

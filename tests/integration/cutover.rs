@@ -309,23 +309,15 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
     let (db, sub) = pgbench_db(old, new, "cut_sub_off", "");
     let proxy = Arc::new(proxy(old, new, FileConfig::default()));
     let bench = background_pgbench(&proxy, &db, 8);
-    // A statement that keeps the drain busy long enough to disable the subscription meanwhile.
-    let sleeper = {
-        let addr = proxy.addr;
-        let db = db.clone();
-        thread::spawn(move || {
-            let mut raw = RawConn::login(addr, SUPERUSER, "", &db);
-            thread::sleep(Duration::from_millis(1500));
-            raw.simple_query("SELECT pg_sleep(3)");
-            raw.query_values("SELECT 'still here'")
-        })
-    };
-    thread::sleep(Duration::from_millis(1600));
+    // An open transaction keeps the cutover in its hold until this test ends it, so the
+    // subscription is disabled during the hold however slow the machine.
+    let mut open = RawConn::login(proxy.addr, SUPERUSER, "", &db);
+    open.simple_query("BEGIN; SELECT 1");
     let cutover = {
         let proxy = proxy.clone();
         thread::spawn(move || {
             let options = CutoverOptions {
-                drain_timeout: Some(Duration::from_secs(6)),
+                drain_timeout: Some(support::PATIENCE),
                 catchup_timeout: Some(Duration::from_millis(800)),
                 ..Default::default()
             };
@@ -338,10 +330,13 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
     }
     assert_eq!(proxy.shared.cutover.phase(), "hold", "the cutover reached the hold");
     new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
+    // The open transaction goes on through the hold; its end lets the drain finish.
+    assert_eq!(open.query_values("SELECT 'inside'"), vec!["inside".to_string()]);
+    assert!(open.simple_query("COMMIT").iter().all(|m| m.tag != b'E'), "COMMIT during the hold");
     let err = cutover.join().expect("cutover thread").expect_err("catch-up cannot be proven");
     assert!(matches!(&err, CutoverError::Aborted { phase, .. } if phase == "catch-up"), "{err}");
     assert_eq!(err.sqlstate(), "57014");
-    assert_eq!(sleeper.join().expect("sleeper"), vec!["still here".to_string()], "the held session continued without an error");
+    assert_eq!(open.query_values("SELECT 'still here'"), vec!["still here".to_string()], "the held session continued without an error");
     assert_pgbench_stayed_on_old(&proxy, old, &db, bench);
     new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} ENABLE"));
     proxy.assert_no_panics();

@@ -256,7 +256,7 @@ impl TestProxy {
             .user(user)
             .password(password)
             .dbname(db)
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(super::PATIENCE);
         c
     }
 
@@ -319,7 +319,7 @@ impl TestProxy {
     pub fn http_get(&self, path: &str) -> (String, String) {
         let addr = self.metrics_addr.expect("metrics endpoint not configured");
         let mut s = TcpStream::connect(addr).expect("connect to metrics endpoint");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_read_timeout(Some(super::PATIENCE)).unwrap();
         // One write: a request split over several writes is a different test.
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         s.write_all(request.as_bytes()).expect("send metrics request");
@@ -489,7 +489,7 @@ pub struct RawConn {
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream.set_read_timeout(Some(super::PATIENCE)).unwrap();
         stream.set_nodelay(true).unwrap();
         RawConn { stream, buf: Vec::new() }
     }
