@@ -15,6 +15,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" 
 fi
 
 TEST_THREADS="${TEST_THREADS:-4}"
+# A watchdog: a hung test ends the run with a message instead of using up CI's time limit.
+TEST_TIMEOUT="${TEST_TIMEOUT:-50m}"
 
 echo "==> scripts/install-deps.sh"
 bash scripts/install-deps.sh
@@ -26,8 +28,12 @@ echo "==> cargo test --all-targets -- --test-threads=$TEST_THREADS"
 log="$(mktemp "${TMPDIR:-/tmp}/pgcutover-test.XXXXXX.log")"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --all-targets --no-fail-fast -- --test-threads="$TEST_THREADS" 2>&1 | tee "$log"
+timeout --kill-after=30s "$TEST_TIMEOUT" cargo test --all-targets --no-fail-fast -- --test-threads="$TEST_THREADS" 2>&1 | tee "$log"
 test_rc=${PIPESTATUS[0]}
+if [ "$test_rc" -eq 124 ] || [ "$test_rc" -eq 137 ]; then
+    echo "cargo test did not finish within TEST_TIMEOUT=$TEST_TIMEOUT; the tests still running are the" \
+         "ones reported as 'running for over 60 seconds' above without a result" >&2
+fi
 set -e
 
 lint_rc=0
