@@ -384,7 +384,7 @@ impl Config {
             max_clients,
             workers,
             max_message_size,
-            startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(15)),
+            startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(60)),
             shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),
             tls_cert,
             tls_key,

@@ -931,12 +931,12 @@ fn client_command(tool: &str) -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.env("PGCONNECT_TIMEOUT", "10").env("PGSSLMODE", "disable");
+    cmd.env("PGCONNECT_TIMEOUT", PATIENCE.as_secs().to_string()).env("PGSSLMODE", "disable");
     cmd
 }
 
 /// Runs psql with `sql` on stdin: trimmed stdout, or `Err` with the exit status and stderr.
-fn psql_output(cmd: Command, sql: &str) -> Result<String, String> {
+pub fn psql_output(cmd: Command, sql: &str) -> Result<String, String> {
     let out = run_with_stdin(cmd, sql.as_bytes()).map_err(|e| format!("cannot run psql: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())

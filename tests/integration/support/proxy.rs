@@ -302,17 +302,7 @@ impl TestProxy {
     pub fn psql(&self, user: &str, password: &str, db: &str, sql: &str) -> Result<String, String> {
         let mut cmd = self.psql_command(user, password, db);
         cmd.args(["-Atq", "-f", "-"]);
-        let out = run(cmd, sql.as_bytes());
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "psql exited with {}\nstderr: {}\nstdout: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim(),
-                String::from_utf8_lossy(&out.stdout).trim()
-            ))
-        }
+        super::psql_output(cmd, sql)
     }
 
     /// `GET path` on the metrics endpoint: (status line, body).
