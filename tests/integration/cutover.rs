@@ -49,8 +49,8 @@ fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
     (v[0], v[1], v[2], v[3], v[4])
 }
 
-/// Three pgbench loads at once, one per protocol mode (simple, extended, prepared: 18 clients),
-/// through one cutover, plus sequences used through the proxy.
+/// Three pgbench loads at once, one per protocol mode (simple, extended, prepared), 16 clients
+/// each, through one cutover in the middle of their run, plus sequences used through the proxy.
 #[test]
 fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     let (old, new) = (support::old(), support::new());
@@ -62,16 +62,6 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     old.psql(&db, "CREATE SEQUENCE order_ids; CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)");
     let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
-    let benches: Vec<_> = ["simple", "extended", "prepared"]
-        .into_iter()
-        .map(|mode| {
-            let (port, db) = (proxy.port().to_string(), db.clone());
-            let handle = thread::spawn(move || {
-                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "6", "-j", "2", "-T", "8", "-M", mode, "-n", &db], &[])
-            });
-            (mode, handle)
-        })
-        .collect();
     // Use the sequences through the proxy before the cutover.
     let proxy_url = proxy.url(SUPERUSER, "", &db);
     let psql = |sql: &str| {
@@ -88,8 +78,33 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     };
     psql("SELECT nextval('order_ids') FROM generate_series(1, 41)");
     psql("INSERT INTO orders (note) SELECT 'x' FROM generate_series(1, 17)");
-    thread::sleep(Duration::from_secs(2));
-    let report = run_cutover(&proxy, CutoverOptions::default()).unwrap_or_else(|e| panic!("cutover failed: {e}"));
+    // A steady rate (-R, per load) rather than flat out: the point is a cutover under live
+    // traffic, and a machine of any speed keeps up with it.
+    const CLIENTS: usize = 16;
+    let benches: Vec<_> = ["simple", "extended", "prepared"]
+        .into_iter()
+        .map(|mode| {
+            let (port, db) = (proxy.port().to_string(), db.clone());
+            let handle = thread::spawn(move || {
+                let clients = CLIENTS.to_string();
+                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-T", "10", "-R", "150", "-M", mode, "-n", &db], &[])
+            });
+            (mode, handle)
+        })
+        .collect();
+    // pgbench's clock starts once all its clients are connected: cut over a second after that,
+    // so the cutover falls in the middle of every load however long connecting took.
+    let deadline = Instant::now() + support::PATIENCE;
+    while proxy.shared.registry.len() < 3 * CLIENTS {
+        assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_secs(1));
+    // The drain waits for the transactions in flight; a deadline far above the default keeps
+    // this check about lost transactions on a machine of any speed (the deadline's cancels
+    // have their own test).
+    let options = CutoverOptions { drain_timeout: Some(Duration::from_secs(30)), ..Default::default() };
+    let report = run_cutover(&proxy, options).unwrap_or_else(|e| panic!("cutover failed: {e}"));
     let text = report_text(&report);
     eprintln!("cutover report:\n{text}");
     // After the cutover, sequences continue on new without duplicates.
@@ -585,7 +600,7 @@ fn operator_flow_with_the_binaries() {
         let db = db.clone();
         thread::spawn(move || {
             let p = listen.to_string();
-            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", "6", "-M", "prepared", "-n", &db], &[])
+            support::pgbench(&["-h", HOST, "-p", &p, "-U", SUPERUSER, "-c", "16", "-j", "2", "-T", "6", "-R", "300", "-M", "prepared", "-n", &db], &[])
         })
     };
     thread::sleep(Duration::from_secs(2));
@@ -594,7 +609,9 @@ fn operator_flow_with_the_binaries() {
     };
     let check = admin_cmd("CHECK");
     assert!(check.status.success(), "CHECK: {}", String::from_utf8_lossy(&check.stderr));
-    let cut = admin_cmd("CUTOVER drain_timeout=2s");
+    // A drain deadline far above the default: this test is about the operator's flow and lost
+    // transactions, on a machine of any speed.
+    let cut = admin_cmd("CUTOVER drain_timeout=30s");
     let report = String::from_utf8_lossy(&cut.stdout).to_string();
     assert!(cut.status.success(), "CUTOVER failed: {}{report}", String::from_utf8_lossy(&cut.stderr));
     assert!(report.contains("completed"), "{report}");
