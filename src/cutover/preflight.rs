@@ -61,7 +61,12 @@ pub async fn run(shared: &Arc<Shared>, install_sentinel: bool) -> (Vec<CheckRow>
     }
     if !install_sentinel {
         // CHECK: fresh answers on what each session holds (CUTOVER reads them at pre-warm).
-        shared.registry.probe_all(std::time::Duration::from_millis(500)).await;
+        let unanswered = shared.registry.probe_all().await;
+        if !unanswered.is_empty() {
+            let ids: Vec<String> = unanswered.iter().map(u64::to_string).collect();
+            let detail = format!("busy, not checked within {}s: sessions {}", crate::session::registry::PROBE_WAIT.as_secs(), ids.join(", "));
+            rows.push(row("sessions movable", "warn", detail));
+        }
     }
     let blocked: Vec<String> = shared
         .registry

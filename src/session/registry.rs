@@ -57,6 +57,9 @@ pub enum Park {
     Closed,
 }
 
+/// How long SHOW SESSIONS and CHECK wait for sessions to re-check what pins them.
+pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What SHOW SESSIONS reports; written by the session task, read by the console.
 #[derive(Clone, Debug, Default)]
 pub struct Status {
@@ -221,18 +224,25 @@ impl Registry {
         }
     }
 
-    /// Asks every session to look for state that cannot move, and waits for the answers up to
-    /// `wait` (idle sessions answer within a round trip; busy ones when their transaction ends).
-    pub async fn probe_all(&self, wait: std::time::Duration) {
+    /// Asks every session to look for state that cannot move, and waits up to [`PROBE_WAIT`]
+    /// for the answers of those outside a transaction (they answer within a round trip to their
+    /// server, or when the statement they run ends; one inside a transaction answers when it
+    /// ends, and cannot move before anyway). Returns the ids that did not answer in time:
+    /// what they hold is unknown.
+    pub async fn probe_all(&self) -> Vec<u64> {
         let answers: Vec<_> = self
             .by_id
             .iter()
             .filter_map(|entry| {
+                let handle = entry.value();
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                entry.value().commands.send(Command::Probe(reply)).ok().map(|()| answer)
+                handle.commands.send(Command::Probe(reply)).ok()?;
+                (handle.status().tx_status == 'I').then_some((handle.id, answer))
             })
             .collect();
-        let _ = tokio::time::timeout(wait, futures::future::join_all(answers)).await;
+        let deadline = tokio::time::Instant::now() + PROBE_WAIT;
+        let late = answers.into_iter().map(|(id, answer)| async move { tokio::time::timeout_at(deadline, answer).await.is_err().then_some(id) });
+        futures::future::join_all(late).await.into_iter().flatten().collect()
     }
 
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {

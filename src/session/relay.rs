@@ -470,7 +470,12 @@ impl Relay {
     /// Ends what the server still runs for this session, then sends `error` (after whatever
     /// is queued) to the client and ends the session.
     async fn close_with(&mut self, error: Bytes, reason: &str) -> End {
-        self.end_running_statements().await;
+        let error = if self.end_running_statements().await {
+            error
+        } else {
+            // "Terminating" would tell the client its statement did not happen; it may yet.
+            fatal("08006", "connection closed while the server was still running a statement: its outcome is unknown")
+        };
         let code = parse_error_fields(&error[5..]).code;
         self.shared.metrics.error(&code);
         self.to_client.push(error);
@@ -482,29 +487,33 @@ impl Relay {
 
     /// The server reads Terminate only after the running statement ends, which could then
     /// still commit after the client was told the session is gone. So: cancel, and wait for
-    /// the server's answers (dropped: the client gets the FATAL instead). Postgres ignores a
-    /// cancel that arrives before the statement starts, so the cancel is repeated.
-    async fn end_running_statements(&mut self) {
+    /// the server's answers, which go to the client before the FATAL: a statement that
+    /// finished before the cancel took effect shows as done. Postgres ignores a cancel that
+    /// arrives before the statement starts, so the cancel is repeated.
+    /// Returns false if the server still runs something of this session after the wait.
+    async fn end_running_statements(&mut self) -> bool {
+        if self.parked_since.is_some() {
+            // Parked only when quiescent; what the client sent since waits unsent in the proxy.
+            return true;
+        }
         let deadline = tokio::time::Instant::now() + STATEMENT_END_WAIT;
         while self.state.outstanding > 0 && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout_at(deadline, backend::send_cancel(&self.backend.cancel)).await;
             let next_cancel = (tokio::time::Instant::now() + CANCEL_REPEAT).min(deadline);
             while self.state.outstanding > 0 {
                 match tokio::time::timeout_at(next_cancel, self.backend.reader.read_batch()).await {
-                    Ok(Ok(Some(batch))) => {
-                        for (tag, body) in FrameIter::new(&batch) {
-                            self.state.on_server_frame(tag, body);
-                        }
-                    }
+                    Ok(Ok(Some(batch))) => self.on_backend_batch(batch),
                     // The server is gone: nothing of this session runs any more.
-                    Ok(Ok(None) | Err(_)) => return,
+                    Ok(Ok(None) | Err(_)) => return true,
                     Err(_) => break,
                 }
             }
         }
         if self.state.outstanding > 0 {
             tracing::warn!(session = self.handle.id, "the server did not end the running statement within {STATEMENT_END_WAIT:?}; closing anyway");
+            return false;
         }
+        true
     }
 
     async fn shutdown(&mut self) -> End {

@@ -78,8 +78,9 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     };
     psql("SELECT nextval('order_ids') FROM generate_series(1, 41)");
     psql("INSERT INTO orders (note) SELECT 'x' FROM generate_series(1, 17)");
-    // A steady rate (-R, per load) rather than flat out: the point is a cutover under live
-    // traffic, and a machine of any speed keeps up with it.
+    // A steady rate (-R, per load) and a transaction count (-t, per client) rather than flat
+    // out for some seconds: about 16 s of live traffic on a quiet machine, and longer, never
+    // shorter, on a slow one, where the preflight alone can take many seconds.
     const CLIENTS: usize = 16;
     let benches: Vec<_> = ["simple", "extended", "prepared"]
         .into_iter()
@@ -87,15 +88,15 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
             let (port, db) = (proxy.port().to_string(), db.clone());
             let handle = thread::spawn(move || {
                 let clients = CLIENTS.to_string();
-                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-T", "10", "-R", "150", "-M", mode, "-n", &db], &[])
+                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "60", "-R", "60", "-M", mode, "-n", &db], &[])
             });
             (mode, handle)
         })
         .collect();
-    // pgbench's clock starts once all its clients are connected: cut over a second after that,
-    // so the cutover falls in the middle of every load however long connecting took.
+    // Cut over a second after every client is connected (a pgbench that failed is reported
+    // when it is joined below).
     let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.registry.len() < 3 * CLIENTS {
+    while proxy.shared.registry.len() < 3 * CLIENTS && !benches.iter().any(|(_, b)| b.is_finished()) {
         assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());
         thread::sleep(Duration::from_millis(20));
     }
@@ -122,6 +123,9 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
         assert!(result.stderr.is_empty() || !result.stderr.contains("ERROR"), "pgbench -M {mode} errors:\n{result}");
         processed += result.processed;
     }
+    // Checked after pgbench's own outcome, which explains a shortfall better.
+    let moved = report.iter().find(|r| r.item == "sessions moved").and_then(|r| r.value.parse::<usize>().ok());
+    assert!(moved >= Some(3 * CLIENTS), "the cutover moved every pgbench session\n{text}");
 
     let (accounts, history, tellers, branches, count) = pgbench_totals(new, &db);
     assert_eq!(accounts, history, "sum(abalance) = sum(delta) on new\n{text}");
@@ -260,14 +264,24 @@ fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql:
     (db, replication)
 }
 
-/// pgbench TPC-B-like, 8 clients, -M prepared, through the proxy, in the background.
-fn background_pgbench(proxy: &TestProxy, db: &str, seconds: u32) -> thread::JoinHandle<support::PgbenchResult> {
+/// pgbench TPC-B-like, 8 clients, -M prepared, through the proxy, in the background: 400
+/// transactions at 40 per second (10 s on a quiet machine, longer on a slow one). Returns once
+/// its clients are connected (or it ended early, which joining it reports).
+fn background_pgbench(proxy: &TestProxy, db: &str) -> thread::JoinHandle<support::PgbenchResult> {
+    const CLIENTS: usize = 8;
+    let before = proxy.shared.registry.len();
     let port = proxy.port().to_string();
     let db = db.to_string();
-    thread::spawn(move || {
-        let secs = seconds.to_string();
-        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", "8", "-j", "2", "-T", &secs, "-M", "prepared", "-n", &db], &[])
-    })
+    let bench = thread::spawn(move || {
+        let clients = CLIENTS.to_string();
+        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "50", "-R", "40", "-M", "prepared", "-n", &db], &[])
+    });
+    let deadline = Instant::now() + support::PATIENCE;
+    while proxy.shared.registry.len() < before + CLIENTS && !bench.is_finished() {
+        assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());
+        thread::sleep(Duration::from_millis(20));
+    }
+    bench
 }
 
 /// After an aborted cutover: pgbench lost nothing and everything it committed is on old.
@@ -287,7 +301,7 @@ fn abort_when_new_is_down_keeps_pgbench_on_old() {
     let new = support::start(18);
     let (db, _replication) = pgbench_db(old, &new, "cut_newdown", "");
     let proxy = proxy(old, &new, FileConfig::default());
-    let bench = background_pgbench(&proxy, &db, 5);
+    let bench = background_pgbench(&proxy, &db);
     thread::sleep(Duration::from_secs(1));
     new.stop_immediate();
     let err = run_cutover(&proxy, CutoverOptions::default()).expect_err("cutover must fail with new down");
@@ -306,7 +320,7 @@ fn stalled_replication_fails_the_preflight_before_anything_is_held() {
     new.psql(&db, "INSERT INTO blocker VALUES (1)");
     old.psql(&db, "INSERT INTO blocker VALUES (1)");
     let proxy = proxy(old, new, FileConfig::default());
-    let bench = background_pgbench(&proxy, &db, 6);
+    let bench = background_pgbench(&proxy, &db);
     thread::sleep(Duration::from_secs(1));
     let options = CutoverOptions { catchup_timeout: Some(Duration::from_millis(800)), ..Default::default() };
     let err = run_cutover(&proxy, options).expect_err("catch-up cannot be proven");
@@ -323,7 +337,7 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
     let (old, new) = (support::old(), support::new());
     let (db, sub) = pgbench_db(old, new, "cut_sub_off", "");
     let proxy = Arc::new(proxy(old, new, FileConfig::default()));
-    let bench = background_pgbench(&proxy, &db, 8);
+    let bench = background_pgbench(&proxy, &db);
     // An open transaction keeps the cutover in its hold until this test ends it, so the
     // subscription is disabled during the hold however slow the machine.
     let mut open = RawConn::login(proxy.addr, SUPERUSER, "", &db);

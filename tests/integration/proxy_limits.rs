@@ -557,17 +557,25 @@ fn shutdown_does_not_let_a_terminated_statement_commit() {
     }
     proxy.stop();
     let (msgs, closed) = busy.read_until_closed(support::PATIENCE);
-    expect_fatal(&msgs, "57P01");
     assert!(closed);
+    // Normally the cancel ends the sleep: 57P01. On a very slow machine the statement may
+    // finish first: then the client must have seen it complete before the FATAL. If the server
+    // did not even answer the cancel in time, the proxy says the outcome is unknown (08006).
+    let outcome_unknown = msgs.iter().any(|m| m.tag == b'E' && m.fields().get(&'C').map(String::as_str) == Some("08006"));
+    if outcome_unknown {
+        expect_fatal(&msgs, "08006");
+    } else {
+        expect_fatal(&msgs, "57P01");
+    }
+    let saw_insert = msgs.iter().any(|m| m.tag == b'C' && m.body.starts_with(b"INSERT"));
     // Give the statement time to finish had it been left running.
     let deadline = Instant::now() + support::PATIENCE;
     while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()") != "0" {
         assert!(Instant::now() < deadline, "server session left behind");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        old().psql(&db, "SELECT count(*) FROM w"),
-        "0",
-        "the client got FATAL 57P01 (terminating connection) but its statement committed afterwards"
-    );
+    let committed = old().psql(&db, "SELECT count(*) FROM w") == "1";
+    if !outcome_unknown {
+        assert_eq!(committed, saw_insert, "committed: {committed}, but the client saw {msgs:?} before FATAL 57P01 (terminating connection)");
+    }
 }

@@ -211,9 +211,9 @@ fn pgbench_simple_extended_prepared() {
 
     let mut total = 0;
     for mode in ["simple", "extended", "prepared"] {
-        // A count (about a second on a quiet machine), not a duration: a slow machine still does
+        // A count (well under a second on a quiet machine), not a duration: a slow machine still does
         // the same work instead of running out of time while its clients connect.
-        let mut args = vec!["-n", "-M", mode, "-c", "8", "-j", "2", "-t", "300"];
+        let mut args = vec!["-n", "-M", mode, "-c", "8", "-j", "2", "-t", "100"];
         args.extend_from_slice(&conn);
         args.push(&db);
         let r = pgbench(&args, &env);

@@ -1,18 +1,13 @@
 //! `SHOW SESSIONS`: one row per client session, with whether it could move right now.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::no_arguments;
 use crate::admin::reply::{AdminError, CommandResult, ResultSet};
 use crate::proxy::Shared;
-use crate::session::registry::{SessionHandle, Status};
+use crate::session::registry::{SessionHandle, Status, PROBE_WAIT};
 
 pub const COLUMNS: &[&str] = &["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move"];
-
-/// How long to wait for sessions to re-check what blocks a move: an idle session answers within
-/// a round trip to its server, a busy one when its transaction ends (or it keeps its last answer).
-const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShowSessions;
@@ -24,11 +19,15 @@ impl ShowSessions {
     }
 
     pub async fn apply(self, shared: &Arc<Shared>) -> CommandResult {
-        shared.registry.probe_all(PROBE_WAIT).await;
+        let unanswered = shared.registry.probe_all().await;
         let mut set = ResultSet::new(COLUMNS);
         // Listed again after the wait: sessions that ended meanwhile drop out.
         for handle in shared.registry.all() {
-            set.push(row(&handle, &handle.status()));
+            let mut row = row(&handle, &handle.status());
+            if unanswered.contains(&handle.id) {
+                row[9] = format!("unknown: busy, not checked within {}s", PROBE_WAIT.as_secs());
+            }
+            set.push(row);
         }
         Ok(set)
     }
