@@ -548,8 +548,9 @@ fn shutdown_does_not_let_a_terminated_statement_commit() {
     old().psql(&db, "CREATE TABLE w (id int)");
     let proxy = proxy::for_server(old()).start();
     let mut busy = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
-    // One simple Query = one implicit transaction: sleep, then insert.
-    busy.send(&query_frame("SELECT pg_sleep(2); INSERT INTO w VALUES (1)")).unwrap();
+    // One simple Query = one implicit transaction: sleep, then insert. The sleep is long enough
+    // to be seen running by a poll on a slow machine; the shutdown cancels it.
+    busy.send(&query_frame("SELECT pg_sleep(20); INSERT INTO w VALUES (1)")).unwrap();
     let deadline = Instant::now() + support::PATIENCE;
     while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE 'SELECT pg_sleep%'") == "0" {
         assert!(Instant::now() < deadline, "the statement never started");

@@ -511,7 +511,8 @@ fn cancel_request_needs_the_right_key() {
     };
 
     let wrong: Vec<u8> = secret.iter().map(|b| b ^ 0x5a).collect();
-    c.send(&proxy::query_frame("SELECT pg_sleep(1.5)")).unwrap();
+    // Long enough to be seen running by a poll on a slow machine; it ends on its own.
+    c.send(&proxy::query_frame("SELECT pg_sleep(8)")).unwrap();
     wait_for_sleeper(&db);
     cancel(pid, &wrong);
     if server_pid != pid {
