@@ -79,7 +79,7 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     psql("SELECT nextval('order_ids') FROM generate_series(1, 41)");
     psql("INSERT INTO orders (note) SELECT 'x' FROM generate_series(1, 17)");
     // A steady rate (-R, per load) and a transaction count (-t, per client) rather than flat
-    // out for some seconds: about 16 s of live traffic on a quiet machine, and longer, never
+    // out for some seconds: about 11 s of live traffic on a quiet machine, and longer, never
     // shorter, on a slow one, where the preflight alone can take many seconds.
     const CLIENTS: usize = 16;
     let benches: Vec<_> = ["simple", "extended", "prepared"]
@@ -88,7 +88,7 @@ fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
             let (port, db) = (proxy.port().to_string(), db.clone());
             let handle = thread::spawn(move || {
                 let clients = CLIENTS.to_string();
-                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "60", "-R", "60", "-M", mode, "-n", &db], &[])
+                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "40", "-R", "60", "-M", mode, "-n", &db], &[])
             });
             (mode, handle)
         })

@@ -213,7 +213,7 @@ fn pgbench_simple_extended_prepared() {
     for mode in ["simple", "extended", "prepared"] {
         // A count (well under a second on a quiet machine), not a duration: a slow machine still does
         // the same work instead of running out of time while its clients connect.
-        let mut args = vec!["-n", "-M", mode, "-c", "8", "-j", "2", "-t", "100"];
+        let mut args = vec!["-n", "-M", mode, "-c", "8", "-j", "2", "-t", "50"];
         args.extend_from_slice(&conn);
         args.push(&db);
         let r = pgbench(&args, &env);
