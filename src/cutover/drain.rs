@@ -37,11 +37,12 @@ async fn wait_settled(shared: &Shared, deadline: Instant, aborted: &(dyn Fn() ->
 
 /// Sends an interrupt to every session not yet settled; returns how many got one.
 fn interrupt_busy(sessions: &[Arc<SessionHandle>], idle_in_transaction: IdleInTransaction) -> usize {
-    let busy: Vec<_> = sessions.iter().filter(|h| !settled(h)).collect();
-    for handle in &busy {
+    let mut sent = 0;
+    for handle in sessions.iter().filter(|h| !settled(h)) {
         let _ = handle.commands.send(Command::Interrupt { idle_in_transaction });
+        sent += 1;
     }
-    busy.len()
+    sent
 }
 
 /// Holds the gate (the caller has set it) and drains. Err when sessions stay busy.
@@ -60,15 +61,14 @@ pub async fn run(shared: &Arc<Shared>, drain_timeout: Duration, idle_in_transact
         loop {
             let next = (Instant::now() + INTERRUPT_REPEAT).min(grace_end);
             let sessions = wait_settled(shared, next, aborted).await;
-            let busy = sessions.iter().filter(|h| !settled(h)).count();
+            let still_busy: Vec<String> = sessions.iter().filter(|h| !settled(h)).map(|h| h.id.to_string()).collect();
             if aborted() {
                 return Err("abort requested".into());
             }
-            if busy == 0 {
+            if still_busy.is_empty() {
                 return Ok(Drained { sessions, interrupted });
             }
             if Instant::now() >= grace_end {
-                let still_busy: Vec<String> = sessions.iter().filter(|h| !settled(h)).map(|h| h.id.to_string()).collect();
                 return Err(format!("sessions still busy after cancelling: {}", still_busy.join(", ")));
             }
             interrupt_busy(&sessions, idle_in_transaction);

@@ -279,13 +279,9 @@ impl Relay {
             }
             policy => {
                 let mut params = Vec::new();
-                // Retried if a late cancel (meant for the statement before) hits it.
-                for _ in 0..4 {
-                    match snapshot::run_internal(&mut self.backend, &[messages::query("ROLLBACK")], Some(&mut self.to_client), &mut params).await {
-                        Ok((_, errors)) if errors.iter().any(|e| e.code == "57014") => continue,
-                        Ok(_) => break,
-                        Err(e) => return Some(self.server_lost(&e.to_string()).await),
-                    }
+                let rolled_back = snapshot::run_idempotent(&mut self.backend, &[messages::query("ROLLBACK")], Some(&mut self.to_client), &mut params).await;
+                if let Err(e) = rolled_back {
+                    return Some(self.server_lost(&e.to_string()).await);
                 }
                 self.state.tx_status = b'I';
                 if policy == IdleInTransaction::Terminate {

@@ -92,26 +92,37 @@ pub async fn run_internal(
     Ok((rows, errors))
 }
 
+/// How often a query the proxy runs for itself is tried when a cancel hits it.
+const CANCELLED_TRIES: usize = 4;
+
+/// [`run_internal`] for queries that may simply run again (reads, ROLLBACK): re-run while they
+/// fail with 57014. A cancel the drain sent for the client's statement before can land late,
+/// on the proxy's own query instead (Postgres cannot tell them apart). Returns the last try.
+pub async fn run_idempotent(
+    conn: &mut BackendConn,
+    queries: &[Bytes],
+    mut to_client: Option<&mut Outbound>,
+    params: &mut Vec<(String, String)>,
+) -> Result<(Vec<Vec<Option<Bytes>>>, Vec<ErrorFields>), SnapshotError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (rows, errors) = run_internal(conn, queries, to_client.as_deref_mut(), params).await?;
+        if tries >= CANCELLED_TRIES || !errors.iter().any(|e| e.code == "57014") {
+            return Ok((rows, errors));
+        }
+    }
+}
+
 fn text(col: &Option<Bytes>) -> String {
     col.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
 }
 
-/// How often the read-only capture query is tried when a cancel hits it.
-const CAPTURE_TRIES: usize = 4;
-
 pub async fn capture(conn: &mut BackendConn, to_client: &mut Outbound, params: &mut Vec<(String, String)>) -> Result<Snapshot, SnapshotError> {
-    let mut tries = 0;
-    let rows = loop {
-        tries += 1;
-        let (rows, errors) = run_internal(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
-        match errors.into_iter().next() {
-            None => break rows,
-            // A cancel the drain sent for the statement before this one can land late, on
-            // this query instead (Postgres cannot tell them apart): it only reads, so run it again.
-            Some(e) if e.code == "57014" && tries < CAPTURE_TRIES => continue,
-            Some(e) => return Err(SnapshotError::Server(format!("could not read the session's state: {}", e.message))),
-        }
-    };
+    let (rows, errors) = run_idempotent(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
+    if let Some(e) = errors.into_iter().next() {
+        return Err(SnapshotError::Server(format!("could not read the session's state: {}", e.message)));
+    }
     let mut snap = Snapshot::default();
     for row in rows {
         let [kind, name, value] = [row.first(), row.get(1), row.get(2)].map(|c| c.map(text).unwrap_or_default());
