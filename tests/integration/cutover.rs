@@ -54,52 +54,21 @@ fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
 #[test]
 fn pgbench_cutover_loses_nothing_in_any_protocol_mode() {
     let (old, new) = (support::old(), support::new());
-    let db = old.create_database("cut_pgbench");
-    let port = old.port.to_string();
-    support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
-        .assert_success();
     // A sequence that pgbench does not touch but the application uses through the proxy.
-    old.psql(&db, "CREATE SEQUENCE order_ids; CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)");
-    let _replication = support::setup_replication(old, new, &db);
+    let sequences = "CREATE SEQUENCE order_ids; CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)";
+    let (db, _replication) = pgbench_db(old, new, "cut_pgbench", sequences);
     let proxy = proxy(old, new, FileConfig::default());
     // Use the sequences through the proxy before the cutover.
-    let proxy_url = proxy.url(SUPERUSER, "", &db);
-    let psql = |sql: &str| {
-        let out = support::proxy::run(
-            {
-                let mut c = support::proxy::client_tool("psql");
-                c.args(["-XAtq", "-v", "ON_ERROR_STOP=1", &proxy_url, "-c", sql]);
-                c
-            },
-            b"",
-        );
-        assert!(out.status.success(), "psql through the proxy failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let psql = |sql: &str| proxy.psql(SUPERUSER, "", &db, sql).unwrap_or_else(|e| panic!("psql through the proxy failed: {e}"));
     psql("SELECT nextval('order_ids') FROM generate_series(1, 41)");
     psql("INSERT INTO orders (note) SELECT 'x' FROM generate_series(1, 17)");
-    // A steady rate (-R, per load) and a transaction count (-t, per client) rather than flat
-    // out for some seconds: about 11 s of live traffic on a quiet machine, and longer, never
-    // shorter, on a slow one, where the preflight alone can take many seconds.
+    // A steady rate and a transaction count: about 11 s of live traffic on a quiet machine, and
+    // longer, never shorter, on a slow one, where the preflight alone can take many seconds.
     const CLIENTS: usize = 16;
-    let benches: Vec<_> = ["simple", "extended", "prepared"]
-        .into_iter()
-        .map(|mode| {
-            let (port, db) = (proxy.port().to_string(), db.clone());
-            let handle = thread::spawn(move || {
-                let clients = CLIENTS.to_string();
-                support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "40", "-R", "60", "-M", mode, "-n", &db], &[])
-            });
-            (mode, handle)
-        })
-        .collect();
-    // Cut over a second after every client is connected (a pgbench that failed is reported
-    // when it is joined below).
-    let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.registry.len() < 3 * CLIENTS && !benches.iter().any(|(_, b)| b.is_finished()) {
-        assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());
-        thread::sleep(Duration::from_millis(20));
-    }
+    let before = proxy.shared.registry.len();
+    let benches: Vec<_> = ["simple", "extended", "prepared"].into_iter().map(|mode| (mode, spawn_pgbench(&proxy, &db, mode, CLIENTS, 40, 60))).collect();
+    // Cut over a second after every client is connected.
+    wait_for_pgbench_clients(&proxy, before + 3 * CLIENTS, benches.iter().map(|(_, b)| b));
     thread::sleep(Duration::from_secs(1));
     // The drain waits for the transactions in flight; a deadline far above the default keeps
     // this check about lost transactions on a machine of any speed (the deadline's cancels
@@ -264,24 +233,44 @@ fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql:
     (db, replication)
 }
 
-/// pgbench TPC-B-like, 8 clients, -M prepared, through the proxy, in the background: 400
-/// transactions at 40 per second (10 s on a quiet machine, longer on a slow one). Returns once
-/// its clients are connected (or it ended early, which joining it reports).
-fn background_pgbench(proxy: &TestProxy, db: &str) -> thread::JoinHandle<support::PgbenchResult> {
-    const CLIENTS: usize = 8;
-    let before = proxy.shared.registry.len();
-    let port = proxy.port().to_string();
-    let db = db.to_string();
-    let bench = thread::spawn(move || {
-        let clients = CLIENTS.to_string();
-        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", "50", "-R", "40", "-M", "prepared", "-n", &db], &[])
-    });
+/// pgbench TPC-B-like through the proxy, in the background: `clients` clients, `transactions`
+/// each, at `rate` transactions per second in all (-t and -R rather than -T: a slow machine does
+/// the same work, never less).
+fn spawn_pgbench(proxy: &TestProxy, db: &str, mode: &'static str, clients: usize, transactions: u32, rate: u32) -> thread::JoinHandle<support::PgbenchResult> {
+    let (port, db) = (proxy.port().to_string(), db.to_string());
+    let (clients, transactions, rate) = (clients.to_string(), transactions.to_string(), rate.to_string());
+    thread::spawn(move || {
+        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", &transactions, "-R", &rate, "-M", mode, "-n", &db], &[])
+    })
+}
+
+/// Waits until the proxy has `sessions` sessions, or one of `benches` ended early (joining it
+/// reports why).
+fn wait_for_pgbench_clients<'a>(proxy: &TestProxy, sessions: usize, benches: impl Iterator<Item = &'a thread::JoinHandle<support::PgbenchResult>> + Clone) {
     let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.registry.len() < before + CLIENTS && !bench.is_finished() {
+    while proxy.shared.registry.len() < sessions && !benches.clone().any(|b| b.is_finished()) {
         assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// pgbench -M prepared, 8 clients, 400 transactions at 40 per second (10 s on a quiet
+/// machine, longer on a slow one), in the background; returns once its clients are connected.
+fn background_pgbench(proxy: &TestProxy, db: &str) -> thread::JoinHandle<support::PgbenchResult> {
+    const CLIENTS: usize = 8;
+    let before = proxy.shared.registry.len();
+    let bench = spawn_pgbench(proxy, db, "prepared", CLIENTS, 50, 40);
+    wait_for_pgbench_clients(proxy, before + CLIENTS, std::iter::once(&bench));
     bench
+}
+
+/// Waits until the cutover running on `proxy` holds its sessions.
+fn wait_for_hold(proxy: &TestProxy) {
+    let deadline = Instant::now() + support::PATIENCE;
+    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(proxy.shared.cutover.phase(), "hold", "the cutover reached the hold");
 }
 
 /// After an aborted cutover: pgbench lost nothing and everything it committed is on old.
@@ -353,11 +342,7 @@ fn subscription_disabled_during_the_hold_aborts_at_catch_up_and_pgbench_continue
             run_cutover(&proxy, options)
         })
     };
-    let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(proxy.shared.cutover.phase(), "hold", "the cutover reached the hold");
+    wait_for_hold(&proxy);
     new.psql(&db, &format!("ALTER SUBSCRIPTION {sub} DISABLE"));
     // The open transaction goes on through the hold; its end lets the drain finish.
     assert_eq!(open.query_values("SELECT 'inside'"), vec!["inside".to_string()]);
@@ -401,10 +386,7 @@ fn a_second_cutover_is_refused_while_one_runs() {
         let proxy = proxy.clone();
         thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(2)), ..Default::default() }))
     };
-    let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_hold(&proxy);
     let second = run_cutover(&proxy, CutoverOptions::default()).expect_err("second cutover refused");
     assert!(matches!(second, CutoverError::AlreadyRunning), "{second}");
     assert_eq!(second.sqlstate(), "55006");
@@ -545,10 +527,7 @@ fn abort_command_during_the_hold_resumes_sessions_without_errors() {
         let proxy = proxy.clone();
         thread::spawn(move || run_cutover(&proxy, CutoverOptions { drain_timeout: Some(Duration::from_secs(5)), ..Default::default() }))
     };
-    let deadline = Instant::now() + support::PATIENCE;
-    while proxy.shared.cutover.phase() != "hold" && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_hold(&proxy);
     // This query is held by the proxy until the abort releases it.
     let query = thread::spawn(move || {
         let values = waiting.query_values("SELECT v FROM t");

@@ -562,7 +562,7 @@ fn shutdown_does_not_let_a_terminated_statement_commit() {
     // Normally the cancel ends the sleep: 57P01. On a very slow machine the statement may
     // finish first: then the client must have seen it complete before the FATAL. If the server
     // did not even answer the cancel in time, the proxy says the outcome is unknown (08006).
-    let outcome_unknown = msgs.iter().any(|m| m.tag == b'E' && m.fields().get(&'C').map(String::as_str) == Some("08006"));
+    let outcome_unknown = msgs.iter().any(|m| m.tag == b'E' && m.code() == "08006");
     if outcome_unknown {
         expect_fatal(&msgs, "08006");
     } else {

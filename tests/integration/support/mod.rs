@@ -1,9 +1,9 @@
 //! Test rig: real Postgres servers for integration tests.
 //!
-//! Every integration test file includes this with `mod support;`.
+//! `tests/integration/main.rs` declares it once for every test module of the one test binary.
 //!
-//! * [`old()`] (Postgres 15) and [`new()`] (Postgres 18) are shared servers, started lazily once per
-//!   test binary (the first call starts both, in parallel) and killed when the test binary exits.
+//! * [`old()`] (Postgres 15) and [`new()`] (Postgres 18) are shared servers, started lazily once for
+//!   the test binary (the first call starts both, in parallel) and killed when it exits.
 //!   Tests must not stop them; use [`start`] for a dedicated server that a test may stop/restart.
 //! * Servers run as the unprivileged user `pgcutover` when the tests run as root (initdb/postgres
 //!   refuse to run as root). `scripts/install-deps.sh` provisions binaries and that user; it is run
