@@ -146,6 +146,13 @@ pub struct ErrorFields {
     pub message: String,
 }
 
+impl ErrorFields {
+    /// FATAL or PANIC: the server closes the connection after sending it.
+    pub fn ends_session(&self) -> bool {
+        matches!(self.severity.as_str(), "FATAL" | "PANIC")
+    }
+}
+
 pub fn parse_error_fields(mut body: &[u8]) -> ErrorFields {
     let mut fields = ErrorFields::default();
     while let Some((&kind, rest)) = body.split_first() {

@@ -121,6 +121,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         probe_waiters: Vec::new(),
         bytes_in: 0,
         bytes_out: 0,
+        server_fatal: None,
     };
     relay.to_client.push(greeting.freeze());
     let end = relay.run().await;

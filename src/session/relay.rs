@@ -44,6 +44,9 @@ pub struct Relay {
     pub probe_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The server sent a FATAL (its code and message): the client has its reason, and the
+    /// close that follows is no news to report.
+    pub server_fatal: Option<String>,
 }
 
 /// When old connections are closed after a switch: after the cutover, spread over half a second.
@@ -194,7 +197,11 @@ impl Relay {
                     Traffic::add(&self.handle.traffic.transactions, 1);
                 }
             } else if tag == b'E' {
-                self.shared.metrics.error(&parse_error_fields(body).code);
+                let fields = parse_error_fields(body);
+                self.shared.metrics.error(&fields.code);
+                if fields.ends_session() {
+                    self.server_fatal = Some(format!("{}: {}", fields.code, fields.message));
+                }
             }
         }
         self.bytes_out += batch.len() as u64;
@@ -475,10 +482,15 @@ impl Relay {
         let code = parse_error_fields(&error[5..]).code;
         self.shared.metrics.error(&code);
         self.to_client.push(error);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
-        let _ = self.client_wr.shutdown().await;
+        self.flush_and_close_client().await;
         self.terminate_backends().await;
         End::Closed(reason.to_string())
+    }
+
+    /// Sends the client what is queued (waiting a little at most), then closes its connection.
+    async fn flush_and_close_client(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.to_client.drain(&mut self.client_wr)).await;
+        let _ = self.client_wr.shutdown().await;
     }
 
     /// The server reads Terminate only after the running statement ends, which could then
@@ -517,9 +529,17 @@ impl Relay {
     }
 
     async fn server_lost(&mut self, reason: &str) -> End {
-        let message = format!("server connection lost ({} server): {reason}", self.backend.role.as_str());
+        let role = self.backend.role.as_str();
         // Nothing runs for this session on a server whose connection is gone.
         self.state.outstanding = 0;
+        if let Some(fatal) = self.server_fatal.take() {
+            // As from Postgres: its FATAL (already queued for the client), then the close.
+            // A FATAL of the proxy's own after it would be a second error for one event.
+            self.flush_and_close_client().await;
+            self.terminate_standby().await;
+            return End::ServerClosed(format!("the {role} server ended the session: {fatal}"));
+        }
+        let message = format!("server connection lost ({role} server): {reason}");
         let _ = self.close_with(fatal("08006", &message), &message).await;
         End::ServerClosed(message)
     }

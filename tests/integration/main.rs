@@ -10,3 +10,4 @@ mod proxy_auth;
 mod proxy_limits;
 mod proxy_protocol;
 mod rig;
+mod transparency;
