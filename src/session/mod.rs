@@ -122,6 +122,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         bytes_in: 0,
         bytes_out: 0,
         server_fatal: None,
+        client_terminated: false,
     };
     relay.to_client.push(greeting.freeze());
     let end = relay.run().await;

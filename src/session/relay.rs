@@ -47,6 +47,9 @@ pub struct Relay {
     /// The server sent a FATAL (its code and message): the client has its reason, and the
     /// close that follows is no news to report.
     pub server_fatal: Option<String>,
+    /// The client sent Terminate while the server still owed it answers: those are relayed,
+    /// then the server's close ends the session (Postgres reads the Terminate in order).
+    pub client_terminated: bool,
 }
 
 /// When old connections are closed after a switch: after the cutover, spread over half a second.
@@ -81,10 +84,10 @@ impl Relay {
             if let Some(end) = self.apply_gate(gate).await {
                 return end;
             }
-            if !self.probe_waiters.is_empty() && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
+            if !self.probe_waiters.is_empty() && !self.client_terminated && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
                 self.probe().await;
             }
-            let read_client = self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room();
+            let read_client = !self.client_terminated && self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room();
             let read_backend = self.to_client.has_room();
             let write_backend = self.to_backend.pending();
             let write_client = self.to_client.pending();
@@ -117,9 +120,12 @@ impl Relay {
                 batch = self.client_rd.read_batch(), if read_client => match batch {
                     Ok(Some(batch)) => {
                         if self.on_client_batch(batch) {
-                            let _ = self.to_backend.drain(&mut self.backend.writer).await;
                             self.terminate_standby().await;
-                            return End::ClientClosed;
+                            if !self.state.owes_answers() {
+                                let _ = self.to_backend.drain(&mut self.backend.writer).await;
+                                return End::ClientClosed;
+                            }
+                            self.client_terminated = true;
                         }
                         // Held work stays queued: only a session that may forward writes now.
                         if self.parked_since.is_none() {
@@ -216,6 +222,12 @@ impl Relay {
         match command? {
             Command::Attach { conn, reply } => {
                 self.shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
+                if self.client_terminated {
+                    // Ending: it closes when its server does, and never moves.
+                    self.drop_connection(*conn).await;
+                    let _ = reply.send(Prepared::Busy);
+                    return None;
+                }
                 if let Some(old) = self.standby.replace(*conn) {
                     self.drop_connection(old).await;
                 }
@@ -251,8 +263,8 @@ impl Relay {
                 None
             }
             Command::Probe(reply) => {
-                if self.parked_since.is_some() {
-                    // Held: its blockers were read when it parked.
+                if self.parked_since.is_some() || self.client_terminated {
+                    // Held: its blockers were read when it parked. Ending: nothing to read.
                     let _ = reply.send(());
                 } else {
                     self.probe_waiters.push(reply);
@@ -276,7 +288,7 @@ impl Relay {
             });
             return None;
         }
-        if !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() {
+        if self.client_terminated || !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() {
             return None;
         }
         match idle_in_transaction {
@@ -302,7 +314,7 @@ impl Relay {
     }
 
     async fn apply_gate(&mut self, gate: GateState) -> Option<End> {
-        let ready_to_park = gate.held && self.parked_since.is_none() && self.state.is_quiescent() && self.to_backend.is_empty();
+        let ready_to_park = !self.client_terminated && gate.held && self.parked_since.is_none() && self.state.is_quiescent() && self.to_backend.is_empty();
         if ready_to_park {
             self.park().await;
         }
@@ -532,6 +544,11 @@ impl Relay {
         let role = self.backend.role.as_str();
         // Nothing runs for this session on a server whose connection is gone.
         self.state.outstanding = 0;
+        if self.client_terminated {
+            // The close the client asked for, after the answers it was owed.
+            self.flush_and_close_client().await;
+            return End::ClientClosed;
+        }
         if let Some(fatal) = self.server_fatal.take() {
             // As from Postgres: its FATAL (already queued for the client), then the close.
             // A FATAL of the proxy's own after it would be a second error for one event.

@@ -39,6 +39,11 @@ impl ProtocolState {
         self.tx_status == b'I' && self.outstanding == 0 && !self.unsynced
     }
 
+    /// The server still has answers to send for what the client sent.
+    pub fn owes_answers(&self) -> bool {
+        self.outstanding > 0 || self.unsynced
+    }
+
     /// Idle inside a transaction block: waiting for the client, nothing in flight.
     pub fn is_idle_in_transaction(&self) -> bool {
         self.tx_status != b'I' && self.outstanding == 0 && !self.unsynced

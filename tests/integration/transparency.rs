@@ -1,12 +1,12 @@
 //! What a client sees of its session is what Postgres itself would show: one FATAL when the
-//! server ends the session.
+//! server ends the session, and the answers to a query that a Terminate follows.
 
 use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::proxy::{self, query_frame, Msg, RawConn};
+use support::proxy::{self, frame, query_frame, Msg, RawConn};
 use support::{old, APP_PASSWORD, APP_USER, PATIENCE};
 
 fn tags(msgs: &[Msg]) -> String {
@@ -60,6 +60,27 @@ fn a_server_fatal_reaches_the_client_once_then_the_connection_closes() {
         assert!(closed, "busy={busy}: the connection was not closed: {}", tags(&msgs));
         assert_eq!(errors(&msgs), vec![("FATAL".to_string(), "57P01".to_string())], "busy={busy}: {:?}", msgs.iter().map(Msg::fields).collect::<Vec<_>>());
         assert_eq!(errors(&msgs), errors(&expected), "busy={busy}: as from Postgres");
+    }
+    proxy.assert_no_panics();
+}
+
+/// Defect 13: Postgres reads a Terminate that follows a Query only after the query finished,
+/// so the client gets the results, then the end of the connection.
+#[test]
+fn terminate_after_a_query_gets_the_results_first() {
+    let db = old().create_database("tr_terminate");
+    let proxy = proxy::for_server(old()).start();
+    let direct: SocketAddr = format!("{}:{}", support::HOST, old().port).parse().expect("address");
+    for (who, addr) in [("postgres", direct), ("proxy", proxy.addr)] {
+        let mut c = RawConn::login(addr, APP_USER, APP_PASSWORD, &db);
+        let mut both = query_frame("SELECT pg_sleep(1), 42");
+        both.extend(frame(b'X', &[]));
+        c.send(&both).expect("send query and terminate in one write");
+        let (msgs, closed) = c.read_until_closed(PATIENCE);
+        assert!(closed, "{who}: not closed after {}", tags(&msgs));
+        assert_eq!(tags(&msgs), "TDCZ", "{who}: results before the close");
+        let row = &msgs[1].body;
+        assert!(row.ends_with(b"42"), "{who}: DataRow {row:?}");
     }
     proxy.assert_no_panics();
 }
