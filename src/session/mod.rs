@@ -83,7 +83,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
 
-    let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, startup, backend_password: password });
+    let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, backend_pid: conn.cancel.pid, startup, backend_password: password });
     drop(connecting);
     if let Ok(mut t) = handle.cancel_target.lock() {
         *t = Some(conn.cancel.clone());

@@ -1,4 +1,8 @@
 //! All live sessions, by id and by the cancel key the proxy gave each client.
+//!
+//! A cancel key is the pid of the session's first server backend (so the client's idea of its
+//! backend pid agrees with the server's) and a secret the proxy draws. Two live sessions can
+//! share a pid only when one started on old and the other on new; the secret tells them apart.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +80,7 @@ pub struct SessionHandle {
     pub user: String,
     pub database: String,
     pub started: Instant,
+    /// The pid the client was given in BackendKeyData: its first server backend's.
     pub key_pid: u32,
     key_secret: [u8; 4],
     pub startup: StartupMessage,
@@ -124,10 +129,41 @@ impl SessionHandle {
     }
 }
 
+/// A cancel key as given to a client. Compared in constant time, and hashed whole (with the
+/// map's random keys), so a lookup's timing does not tell whether a pid is in use.
+#[derive(Clone, Copy)]
+struct CancelKey {
+    pid: u32,
+    secret: [u8; 4],
+}
+
+impl CancelKey {
+    fn bytes(&self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&self.pid.to_be_bytes());
+        out[4..].copy_from_slice(&self.secret);
+        out
+    }
+}
+
+impl PartialEq for CancelKey {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.bytes().ct_eq(&other.bytes()))
+    }
+}
+
+impl Eq for CancelKey {}
+
+impl std::hash::Hash for CancelKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     by_id: DashMap<u64, Arc<SessionHandle>>,
-    by_pid: DashMap<u32, Arc<SessionHandle>>,
+    by_key: DashMap<CancelKey, Arc<SessionHandle>>,
     next_id: AtomicU64,
     /// Every database a session has used since the proxy started: the cutover must prove
     /// catch-up for each, even if its sessions have closed since.
@@ -147,6 +183,8 @@ impl Drop for Connecting<'_> {
 
 pub struct NewSession {
     pub client_addr: SocketAddr,
+    /// The pid of the session's first server backend (from its BackendKeyData).
+    pub backend_pid: u32,
     pub startup: StartupMessage,
     pub backend_password: Option<String>,
 }
@@ -171,13 +209,18 @@ impl Registry {
     }
 
     pub fn register(&self, new: NewSession) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
+        self.register_with_secrets(new, rand::random)
+    }
+
+    /// `register`, drawing secrets from `draw` until the key is unused.
+    fn register_with_secrets(&self, new: NewSession, mut draw: impl FnMut() -> [u8; 4]) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Command>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (commands, rx) = mpsc::unbounded_channel();
         self.databases_seen.insert(new.startup.database().to_string(), ());
         loop {
-            let key_pid = rand::random::<u32>() & 0x7fff_ffff;
-            let key_secret: [u8; 4] = rand::random();
-            let entry = match self.by_pid.entry(key_pid) {
+            let key = CancelKey { pid: new.backend_pid, secret: draw() };
+            let entry = match self.by_key.entry(key) {
+                // Same pid on the other server and the same secret: one key, two sessions.
                 dashmap::Entry::Occupied(_) => continue,
                 dashmap::Entry::Vacant(v) => v,
             };
@@ -187,8 +230,8 @@ impl Registry {
                 user: new.startup.user().to_string(),
                 database: new.startup.database().to_string(),
                 started: Instant::now(),
-                key_pid,
-                key_secret,
+                key_pid: key.pid,
+                key_secret: key.secret,
                 startup: new.startup,
                 backend_password: new.backend_password,
                 cancel_target: Mutex::new(None),
@@ -207,14 +250,15 @@ impl Registry {
 
     pub fn remove(&self, handle: &SessionHandle) {
         self.by_id.remove(&handle.id);
-        self.by_pid.remove(&handle.key_pid);
+        self.by_key.remove(&CancelKey { pid: handle.key_pid, secret: handle.key_secret });
         handle.park.send_replace(Park::Closed);
     }
 
-    /// The session a CancelRequest names, if its secret matches (compared in constant time).
+    /// The session a CancelRequest names: pid and secret must both match.
     pub fn find_for_cancel(&self, pid: u32, secret: &[u8]) -> Option<Arc<SessionHandle>> {
-        let handle = self.by_pid.get(&pid)?.clone();
-        bool::from(handle.key_secret[..].ct_eq(secret)).then_some(handle)
+        // The proxy hands out 4-byte secrets (protocol 3.0); any other length names nothing.
+        let secret: [u8; 4] = secret.try_into().ok()?;
+        self.by_key.get(&CancelKey { pid, secret }).map(|entry| entry.value().clone())
     }
 
     /// Sends a command to every registered session.
@@ -257,5 +301,35 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::startup::StartupMessage;
+
+    fn session(pid: u32) -> NewSession {
+        let startup = StartupMessage { major: 3, minor: 0, params: vec![("user".into(), "u".into())] };
+        NewSession { client_addr: SocketAddr::from(([127, 0, 0, 1], 5000)), backend_pid: pid, startup, backend_password: None }
+    }
+
+    #[test]
+    fn sessions_sharing_a_pid_are_told_apart_by_their_secret() {
+        let registry = Registry::default();
+        let (a, _ra) = registry.register_with_secrets(session(4242), || [1, 2, 3, 4]);
+        // The same pid on the other server, and a first draw equal to the first session's secret.
+        let mut draws = [[1, 2, 3, 4], [1, 2, 3, 4], [9, 9, 9, 9]].into_iter();
+        let (b, _rb) = registry.register_with_secrets(session(4242), || draws.next().unwrap_or([7; 4]));
+        assert_eq!((a.key_pid, b.key_pid), (4242, 4242));
+        assert_eq!(b.secret(), [9, 9, 9, 9], "a colliding secret is drawn again");
+        assert_eq!(registry.find_for_cancel(4242, &[1, 2, 3, 4]).map(|h| h.id), Some(a.id));
+        assert_eq!(registry.find_for_cancel(4242, &[9, 9, 9, 9]).map(|h| h.id), Some(b.id));
+        assert!(registry.find_for_cancel(4242, &[9, 9, 9, 8]).is_none());
+        assert!(registry.find_for_cancel(4243, &[1, 2, 3, 4]).is_none());
+        assert!(registry.find_for_cancel(4242, &[1, 2, 3, 4, 0]).is_none(), "only 4-byte secrets");
+        registry.remove(&a);
+        assert!(registry.find_for_cancel(4242, &[1, 2, 3, 4]).is_none());
+        assert_eq!(registry.find_for_cancel(4242, &[9, 9, 9, 9]).map(|h| h.id), Some(b.id));
     }
 }

@@ -196,7 +196,14 @@ impl Relay {
 
     fn on_backend_batch(&mut self, batch: Bytes) {
         let mut ready = false;
+        // After a move the server names the session's new backend in the session's own
+        // notifications; the client knows its session by the pid it was given at startup.
+        let moved_from = (self.backend.cancel.pid != self.handle.key_pid).then(|| self.backend.cancel.pid.to_be_bytes());
+        let mut own_notifications = Vec::new();
         for (tag, body) in FrameIter::new(&batch) {
+            if tag == b'A' && moved_from.is_some_and(|pid| body.starts_with(&pid)) {
+                own_notifications.push(body.as_ptr() as usize - batch.as_ptr() as usize);
+            }
             if self.state.on_server_frame(tag, body) {
                 ready = true;
                 if body.first() == Some(&b'I') {
@@ -210,6 +217,7 @@ impl Relay {
                 }
             }
         }
+        let batch = if own_notifications.is_empty() { batch } else { with_pid_at(&batch, &own_notifications, self.handle.key_pid) };
         self.bytes_out += batch.len() as u64;
         Traffic::add(&self.handle.traffic.bytes_to_client, batch.len() as u64);
         self.to_client.push(batch);
@@ -560,4 +568,15 @@ impl Relay {
         let _ = self.close_with(fatal("08006", &message), &message).await;
         End::ServerClosed(message)
     }
+}
+
+/// A copy of `batch` with `pid` written at each offset (the pid field of a NotificationResponse).
+fn with_pid_at(batch: &[u8], offsets: &[usize], pid: u32) -> Bytes {
+    let mut out = bytes::BytesMut::from(batch);
+    for &at in offsets {
+        if let Some(field) = out.get_mut(at..at + 4) {
+            field.copy_from_slice(&pid.to_be_bytes());
+        }
+    }
+    out.freeze()
 }

@@ -14,7 +14,7 @@ use support::{PgServer, HOST, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// A proxy in front of `old` and `new` with trust auth for clients; logs into the servers as
 /// the superuser with the rig's password.
-fn proxy(old: &PgServer, new: &PgServer, file: FileConfig) -> TestProxy {
+pub(crate) fn proxy(old: &PgServer, new: &PgServer, file: FileConfig) -> TestProxy {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         admin_listen: Some("127.0.0.1:0".into()),
@@ -28,12 +28,12 @@ fn proxy(old: &PgServer, new: &PgServer, file: FileConfig) -> TestProxy {
 }
 
 /// Runs a cutover on the proxy's runtime, as the admin console does.
-fn run_cutover(proxy: &TestProxy, options: CutoverOptions) -> Result<Vec<cutover::ReportRow>, CutoverError> {
+pub(crate) fn run_cutover(proxy: &TestProxy, options: CutoverOptions) -> Result<Vec<cutover::ReportRow>, CutoverError> {
     let shared = proxy.shared.clone();
     proxy.block_on(async move { cutover::run(&shared, options).await })
 }
 
-fn report_text(rows: &[cutover::ReportRow]) -> String {
+pub(crate) fn report_text(rows: &[cutover::ReportRow]) -> String {
     rows.iter().map(|r| format!("{:<40} {:<24} {}", r.item, r.value, r.detail)).collect::<Vec<_>>().join("\n")
 }
 
@@ -394,7 +394,7 @@ fn a_second_cutover_is_refused_while_one_runs() {
     proxy.assert_no_panics();
 }
 
-fn replicated_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str) -> (String, support::Replication<'a>) {
+pub(crate) fn replicated_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str) -> (String, support::Replication<'a>) {
     let db = old.create_database(prefix);
     old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)");
     let replication = support::setup_replication(old, new, &db);
