@@ -9,6 +9,8 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod cutover;
+#[cfg(test)]
+mod fuzz;
 pub mod logging;
 pub mod metrics;
 pub mod net;
