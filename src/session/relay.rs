@@ -87,7 +87,8 @@ impl Relay {
             if !self.probe_waiters.is_empty() && !self.client_terminated && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
                 self.probe().await;
             }
-            let read_client = !self.client_terminated && self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room();
+            // After a Terminate the client is read only to notice that it has gone.
+            let read_client = self.client_terminated || (self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room());
             let read_backend = self.to_client.has_room();
             let write_backend = self.to_backend.pending();
             let write_client = self.to_client.pending();
@@ -118,6 +119,8 @@ impl Relay {
                     }
                 }
                 batch = self.client_rd.read_batch(), if read_client => match batch {
+                    // Postgres reads nothing after a Terminate.
+                    Ok(Some(_)) if self.client_terminated => {}
                     Ok(Some(batch)) => {
                         if self.on_client_batch(batch) {
                             self.terminate_standby().await;
@@ -133,6 +136,10 @@ impl Relay {
                         }
                     }
                     Ok(None) => {
+                        self.terminate_backends().await;
+                        return End::ClientClosed;
+                    }
+                    Err(_) if self.client_terminated => {
                         self.terminate_backends().await;
                         return End::ClientClosed;
                     }

@@ -106,6 +106,24 @@ fn terminate_after_a_query_gets_the_results_first() {
         let row = &msgs[1].body;
         assert!(row.ends_with(b"42"), "{who}: DataRow {row:?}");
     }
+    // A client that closes right after its Terminate is not waited for: its session ends at
+    // once (its statement runs on, as it would on Postgres).
+    let mut c = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    let mut both = query_frame("SELECT pg_sleep(300)");
+    both.extend(frame(b'X', &[]));
+    c.send(&both).expect("send query and terminate");
+    let sleeping = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND query = 'SELECT pg_sleep(300)'");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while old().psql(&db, &sleeping) == "0" {
+        assert!(std::time::Instant::now() < deadline, "pg_sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    while !proxy.shared.registry.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the session outlived its client");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    old().psql(&db, &sleeping.replace("count(*)", "pg_terminate_backend(pid)"));
     proxy.assert_no_panics();
 }
 
