@@ -447,7 +447,7 @@ const SLEEPING: &str = "SELECT count(*) FROM pg_stat_activity WHERE datname = cu
                         AND state = 'active' AND query LIKE 'SELECT pg_sleep(%'";
 
 /// Wait (sync) until a pg_sleep runs in `db` on old.
-fn wait_for_sleeper(db: &str) {
+pub(crate) fn wait_for_sleeper(db: &str) {
     let deadline = Instant::now() + support::PATIENCE;
     while old().psql(db, SLEEPING) == "0" {
         assert!(Instant::now() < deadline, "pg_sleep never started");

@@ -112,18 +112,14 @@ fn terminate_after_a_query_gets_the_results_first() {
     let mut both = query_frame("SELECT pg_sleep(300)");
     both.extend(frame(b'X', &[]));
     c.send(&both).expect("send query and terminate");
-    let sleeping = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND query = 'SELECT pg_sleep(300)'");
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while old().psql(&db, &sleeping) == "0" {
-        assert!(std::time::Instant::now() < deadline, "pg_sleep never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::proxy_protocol::wait_for_sleeper(&db);
     drop(c);
+    let deadline = std::time::Instant::now() + PATIENCE;
     while !proxy.shared.registry.is_empty() {
         assert!(std::time::Instant::now() < deadline, "the session outlived its client");
         std::thread::sleep(Duration::from_millis(20));
     }
-    old().psql(&db, &sleeping.replace("count(*)", "pg_terminate_backend(pid)"));
+    old().psql(&db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep(300)'");
     proxy.assert_no_panics();
 }
 
@@ -160,8 +156,12 @@ fn cancel_until_cancelled(proxy: &support::proxy::TestProxy, c: &mut RawConn, pi
     let canceller = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            loop {
                 std::thread::sleep(Duration::from_millis(200));
+                // Checked after the pause: no cancel may be sent once the statement has ended.
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let mut s = RawConn::connect(addr);
                 let mut packet = ((request.len() + 4) as u32).to_be_bytes().to_vec();
                 packet.extend_from_slice(&request);
