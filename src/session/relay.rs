@@ -48,7 +48,8 @@ pub struct Relay {
     /// close that follows is no news to report.
     pub server_fatal: Option<String>,
     /// The client sent Terminate while the server still owed it answers: those are relayed,
-    /// then the server's close ends the session (Postgres reads the Terminate in order).
+    /// then the server's close ends the session (Postgres reads the Terminate in order), or
+    /// the client's own close does.
     pub client_terminated: bool,
 }
 
