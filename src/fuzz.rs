@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::auth::{md5_response_from_password, md5_stored, md5_verify, ScramClient, ScramServer, ScramVerifier};
 use crate::protocol::messages::{error_response, frame, parameter_status, parse_data_row, parse_error_fields, parse_parameter_status, Severity};
-use crate::protocol::startup::{parse_startup, StartupMessage, StartupPacket, CANCEL_REQUEST, PROTOCOL_3_0};
+use crate::protocol::startup::{parse_startup, StartupError, StartupPacket, CANCEL_REQUEST, PROTOCOL_3_0};
 use crate::protocol::{FrameIter, FrameReader, ProtocolError};
 
 /// The largest startup packet `read_startup` accepts, length field included.
@@ -112,6 +112,31 @@ fn frame_like_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![vec(any::<u8>(), 0..512), frame_like_bytes()]
+}
+
+/// An untagged StartupMessage payload (without the length) with `code` and `params`.
+pub(crate) fn startup_payload(code: u32, params: &[(impl AsRef<str>, impl AsRef<str>)]) -> Bytes {
+    let mut payload = code.to_be_bytes().to_vec();
+    for (name, value) in params {
+        payload.extend_from_slice(name.as_ref().as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(value.as_ref().as_bytes());
+        payload.push(0);
+    }
+    payload.push(0);
+    Bytes::from(payload)
+}
+
+/// The parameters of an encoded StartupMessage packet (length and code first), in order.
+pub(crate) fn packet_params(packet: &[u8]) -> Vec<(String, String)> {
+    let mut rest = packet.get(8..).unwrap_or_default();
+    let mut out = Vec::new();
+    while let Some((name, after)) = crate::protocol::messages::take_cstr(rest) {
+        let Some((value, after)) = crate::protocol::messages::take_cstr(after).filter(|_| !name.is_empty()) else { break };
+        out.push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
+        rest = after;
+    }
+    out
 }
 
 /// Text without NUL (what a C string can carry).
@@ -218,22 +243,57 @@ proptest! {
     fn parse_startup_takes_any_payload(data in any_bytes(), code in prop_oneof![Just(PROTOCOL_3_0), Just(CANCEL_REQUEST), Just(196_610u32), any::<u32>()]) {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(&data);
-        let _ = parse_startup(&Bytes::from(payload));
-        let _ = parse_startup(&Bytes::from(data));
+        for packet in [Bytes::from(payload), Bytes::from(data)] {
+            // Whatever is accepted reaches a server as checked: user and database first, each
+            // name once, no replication or protocol option.
+            let Ok(StartupPacket::Startup(message)) = parse_startup(&packet) else { continue };
+            let sent = packet_params(&message.encode_for_server());
+            prop_assert_eq!(&sent[0], &("user".to_string(), message.user().to_string()));
+            prop_assert_eq!(&sent[1], &("database".to_string(), message.database().to_string()));
+            for (i, (name, _)) in sent.iter().enumerate() {
+                prop_assert!(!sent[..i].iter().any(|(n, _)| n.eq_ignore_ascii_case(name)), "{} twice", name);
+                prop_assert!(name != "replication" && !name.starts_with("_pq_."));
+            }
+        }
     }
 
     #[test]
     fn startup_messages_round_trip(user in cstr_text(16), params in vec((cstr_text(12), cstr_text(24)), 0..8), minor in 0u32..4) {
-        let mut all = vec![("user".to_string(), user)];
-        all.extend(params.into_iter().filter(|(k, _)| !k.is_empty() && k != "user" && !k.starts_with("_pq_.")));
-        let message = StartupMessage { major: 3, minor: 0, params: all.clone() };
-        // The packet as a client of protocol 3.`minor` would send it.
-        let mut payload = message.encode_for_server(&[])[4..].to_vec();
-        payload[..4].copy_from_slice(&(PROTOCOL_3_0 + minor).to_be_bytes());
-        let parsed = parse_startup(&Bytes::from(payload));
+        prop_assume!(!user.is_empty() && user.len() <= 63);
+        // Distinct names (Postgres compares setting names without case), none of the
+        // identity ones: the server gets the user, the database (the user's name) and these.
+        let mut settings: Vec<(String, String)> = Vec::new();
+        for (name, value) in params {
+            let identity = ["user", "database", "replication"].iter().any(|n| name.eq_ignore_ascii_case(n)) || name.starts_with("_pq_.");
+            if !name.is_empty() && !identity && !settings.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+                settings.push((name, value));
+            }
+        }
+        let mut all = vec![("user".to_string(), user.clone())];
+        all.extend(settings.iter().cloned());
+        // The packet as a client of protocol 3.`minor` sends it.
+        let parsed = parse_startup(&startup_payload(PROTOCOL_3_0 + minor, &all));
         let Ok(StartupPacket::Startup(parsed)) = parsed else { panic!("valid startup refused: {parsed:?}") };
         prop_assert_eq!(u32::from(parsed.minor), minor);
-        prop_assert_eq!(parsed.params, all);
+        let mut expected = vec![("user".to_string(), user.clone()), ("database".to_string(), user)];
+        expected.extend(settings);
+        prop_assert_eq!(packet_params(&parsed.encode_for_server()), expected);
+    }
+
+    #[test]
+    fn a_repeated_startup_parameter_is_refused(
+        params in vec((prop::sample::select(vec!["user", "database", "replication", "options", "User", "TimeZone", "timezone"]), cstr_text(8)), 2..6)
+    ) {
+        let repeated = params.iter().enumerate().any(|(i, (name, _))| params[..i].iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
+        let all: Vec<(String, String)> = params.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        match parse_startup(&startup_payload(PROTOCOL_3_0, &all)) {
+            Err(StartupError::Refused { sqlstate, message, .. }) if repeated => {
+                prop_assert_eq!(sqlstate, "08P01");
+                prop_assert!(message.contains("more than once"), "{}", message);
+            }
+            Ok(_) if repeated => panic!("a repeated parameter was accepted: {all:?}"),
+            _ => {}
+        }
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
     let (read, mut writer) = stream.split();
     let mut reader = FrameReader::new(read, SERVER_MAX_MESSAGE);
     let io_err = |e: std::io::Error| unreachable(e.to_string());
-    writer.write_all(&startup.encode_for_server(&[])).await.map_err(io_err)?;
+    writer.write_all(&startup.encode_for_server()).await.map_err(io_err)?;
 
     let user = startup.user().to_string();
     let mut scram: Option<ScramClient> = None;

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::net::Stream;
 use crate::protocol::messages::{self, fatal};
-use crate::protocol::startup::{parse_startup, StartupMessage, StartupPacket};
+use crate::protocol::startup::{parse_startup, Replication, StartupError, StartupMessage, StartupPacket};
 use crate::protocol::FrameReader;
 use crate::proxy::Shared;
 
@@ -23,8 +23,10 @@ pub enum Handshake {
 /// Why a connection ended before a session began (logged; the client got an error already).
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("{0}")]
+    #[error("invalid startup packet ({0}); closed without a reply, as Postgres does")]
     Protocol(#[from] crate::protocol::ProtocolError),
+    #[error("{0}")]
+    Startup(#[from] StartupError),
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
     #[error("{0}")]
@@ -56,14 +58,20 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> 
         let packet = match reader.read_startup().await {
             Ok(Some(p)) => p,
             Ok(None) => return Ok(Handshake::Done),
-            Err(e) => {
-                let _ = reader.get_mut().write_all(&fatal("08P01", &format!("invalid startup packet: {e}"))).await;
-                return Err(e.into());
-            }
+            // Not a startup packet (a Terminate sent first, an HTTP request, noise): Postgres
+            // logs it and closes without a reply, and clients such as node-postgres, which
+            // send Terminate when closing a connection that never started, expect that.
+            Err(e) => return Err(HandshakeError::Protocol(e)),
         };
         let packet = match parse_startup(&packet) {
             Ok(p) => p,
-            Err(e) => return Err(refuse(&mut reader, "08P01", &format!("invalid startup packet: {e}")).await),
+            Err(e) => {
+                if let Some(reply) = e.reply() {
+                    let _ = reader.get_mut().write_all(&reply).await;
+                }
+                let _ = reader.get_mut().shutdown().await;
+                return Err(e.into());
+            }
         };
         match packet {
             StartupPacket::Ssl if !tls_done && !reader.get_mut().is_tls() => {
@@ -101,7 +109,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> 
                     shared.metrics.rejected_clients.with_label_values(&["too_many_clients"]).inc();
                     return Err(refuse(&mut reader, "53300", "sorry, too many clients already").await);
                 }
-                if message.get("replication").is_some_and(|v| v != "false" && v != "off" && v != "0") {
+                if message.replication() != Replication::Off {
                     shared.metrics.rejected_clients.with_label_values(&["replication"]).inc();
                     return Err(refuse(
                         &mut reader,
@@ -116,7 +124,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> 
                 let options = message.protocol_options();
                 if message.minor > 0 || !options.is_empty() {
                     // We speak 3.0: tell the client, which then carries on with 3.0.
-                    let nego = messages::negotiate_protocol_version(0, &options);
+                    let nego = messages::negotiate_protocol_version(0, options);
                     reader.get_mut().write_all(&nego).await.map_err(HandshakeError::Tls)?;
                 }
                 return Ok(Handshake::Startup(reader, message));

@@ -310,7 +310,7 @@ mod tests {
     use crate::protocol::startup::StartupMessage;
 
     fn session(pid: u32) -> NewSession {
-        let startup = StartupMessage { major: 3, minor: 0, params: vec![("user".into(), "u".into())] };
+        let startup = StartupMessage::for_user("u");
         NewSession { client_addr: SocketAddr::from(([127, 0, 0, 1], 5000)), backend_pid: pid, startup, backend_password: None }
     }
 

@@ -10,4 +10,5 @@ mod proxy_auth;
 mod proxy_limits;
 mod proxy_protocol;
 mod rig;
+mod startup_identity;
 mod transparency;
