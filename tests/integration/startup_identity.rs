@@ -6,7 +6,7 @@ use crate::support;
 use std::io::Read;
 use std::net::TcpStream;
 
-use support::proxy::{self, error_fields, expect_fatal, frame, startup_packet, Msg, RawConn, PROTOCOL_3_0};
+use support::proxy::{self, error_fields, expect_fatal, frame, query_frame, startup_packet, Msg, RawConn, PROTOCOL_3_0};
 use support::*;
 
 /// What [`RawConn::authenticate`] returns.
@@ -123,5 +123,31 @@ fn unsupported_protocol_versions_are_answered_as_postgres_does() {
         assert_eq!(from_proxy.get(&field), from_postgres.get(&field), "protocol 4.0, field {field}");
     }
     assert_eq!(from_proxy[&'C'], "0A000");
+    proxy.assert_no_panics();
+}
+
+/// A message type Postgres does not know ends the session with one FATAL 08P01, worded as
+/// Postgres words it; the proxy does not add a second one of its own. A query sent just
+/// before it, in the same write, is answered first, as Postgres answers it.
+#[test]
+fn an_unknown_message_type_gets_exactly_one_fatal() {
+    let db = old().create_database("si_unknown");
+    let proxy = proxy::for_server(old()).start();
+    let mut c = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(c.query_values("SELECT 1"), vec!["1"]);
+    let mut bytes = query_frame("SELECT 41 + 1");
+    bytes.extend(frame(b'z', b"junk"));
+    c.send(&bytes).unwrap();
+    let (msgs, closed) = c.read_until_closed(PATIENCE);
+    assert!(closed, "connection left open");
+    assert_eq!(msgs.iter().map(Msg::tag).collect::<String>(), "TDCZE", "{msgs:?}");
+    assert_eq!(&msgs[1].body[6..], b"42");
+    let errors: Vec<_> = msgs.iter().filter(|m| m.tag == b'E').map(Msg::fields).collect();
+    assert_eq!(errors.len(), 1, "exactly one ErrorResponse: {errors:?}");
+    assert_eq!(errors[0][&'S'], "FATAL");
+    assert_eq!(errors[0][&'C'], "08P01");
+    assert_eq!(errors[0][&'M'], "invalid frontend message type 122");
+    let mut again = RawConn::login(proxy.addr, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(again.query_values("SELECT 2"), vec!["2"]);
     proxy.assert_no_panics();
 }
