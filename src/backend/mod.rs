@@ -72,6 +72,9 @@ pub struct BackendConn {
     pub writer: StreamWriter,
     /// ParameterStatus values the server reported during startup.
     pub params: Vec<(String, String)>,
+    /// NoticeResponse frames the server sent during startup (e.g. a name it truncated), for
+    /// the client at its login; a standby's are only logged (the client saw them once).
+    pub startup_notices: Vec<Bytes>,
     pub cancel: CancelTarget,
 }
 
@@ -105,6 +108,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
     let user = startup.user().to_string();
     let mut scram: Option<ScramClient> = None;
     let mut params = Vec::new();
+    let mut startup_notices = Vec::new();
     let mut cancel = CancelTarget { address: address.clone(), pid: 0, secret: Bytes::new() };
     loop {
         let (tag, body) = tokio::time::timeout(LOGIN_REPLY_TIMEOUT, reader.read_frame())
@@ -171,8 +175,10 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
                 let fields = parse_error_fields(&body);
                 return Err(BackendError::Refused { role, frame: messages::frame(b'E', &body), fields });
             }
-            b'N' | b'v' => {}
-            b'Z' => return Ok(BackendConn { role: server.role, reader, writer, params, cancel }),
+            b'N' => startup_notices.push(messages::frame(b'N', &body)),
+            // Only an answer to options we never send.
+            b'v' => {}
+            b'Z' => return Ok(BackendConn { role: server.role, reader, writer, params, startup_notices, cancel }),
             other => return Err(protocol(format!("unexpected message {:?} during startup", other as char))),
         }
     }

@@ -67,7 +67,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     let Some(server) = shared.server(role) else { return };
     let password = shared.backend_password(&user, auth.client_password.as_deref());
-    let conn = match backend::connect(server, &startup, password.as_deref()).await {
+    let mut conn = match backend::connect(server, &startup, password.as_deref()).await {
         Ok(conn) => conn,
         Err(e) => {
             let frame = match &e {
@@ -93,6 +93,10 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         s.state = "active";
     });
     let mut greeting = BytesMut::new();
+    // Before the ParameterStatus messages, where Postgres sends them.
+    for notice in conn.startup_notices.drain(..) {
+        greeting.extend_from_slice(&notice);
+    }
     for (k, v) in &conn.params {
         greeting.extend_from_slice(&messages::parameter_status(k, v));
     }

@@ -236,7 +236,7 @@ impl Relay {
 
     async fn on_command(&mut self, command: Option<Command>) -> Option<End> {
         match command? {
-            Command::Attach { conn, reply } => {
+            Command::Attach { mut conn, reply } => {
                 self.shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
                 if self.client_terminated {
                     // Ending: it closes when its server does, and never moves.
@@ -244,6 +244,7 @@ impl Relay {
                     let _ = reply.send(Prepared::Busy);
                     return None;
                 }
+                self.log_standby_notices(&mut conn);
                 if let Some(old) = self.standby.replace(*conn) {
                     self.drop_connection(old).await;
                 }
@@ -469,16 +470,26 @@ impl Relay {
     async fn connect_standby_now(&mut self, role: backend::Role) -> Result<(), String> {
         if self.standby.is_none() {
             let server = self.shared.server(role).ok_or("no such server configured")?;
-            let conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref())
+            let mut conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
             self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();
+            self.log_standby_notices(&mut conn);
             self.standby = Some(conn);
         }
         match self.prepare_move().await {
             Park::Parked { .. } => Ok(()),
             Park::Unmovable(reason) => Err(reason),
             other => Err(format!("unexpected state {other:?}")),
+        }
+    }
+
+    /// A standby's startup notices answer the same startup parameters the client's own login
+    /// did: the client saw those once, and gets no copy in the middle of its session.
+    fn log_standby_notices(&self, conn: &mut BackendConn) {
+        for notice in conn.startup_notices.drain(..) {
+            let fields = parse_error_fields(&notice[5..]);
+            tracing::debug!(session = self.handle.id, server = conn.role.as_str(), code = %fields.code, "standby login notice not passed on: {}", fields.message);
         }
     }
 

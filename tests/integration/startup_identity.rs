@@ -151,3 +151,23 @@ fn an_unknown_message_type_gets_exactly_one_fatal() {
     assert_eq!(again.query_values("SELECT 2"), vec!["2"]);
     proxy.assert_no_panics();
 }
+
+/// Notices the server sends while the session starts (here: an application_name too long,
+/// truncated) reach the client, as they do without the proxy, before its first ReadyForQuery.
+#[test]
+fn startup_notices_reach_the_client() {
+    let db = old().create_database("si_notice");
+    let proxy = proxy::for_server(old()).start();
+    let long_name = "n".repeat(70);
+    let (mut c, outcome) = attempt(&proxy, &[("user", APP_USER), ("database", &db), ("application_name", &long_name)], APP_PASSWORD);
+    let after_ok = outcome.unwrap_or_else(|e| panic!("login failed: {e:?}"));
+    let notices: Vec<_> = after_ok.iter().filter(|m| m.tag == b'N').map(Msg::fields).collect();
+    assert_eq!(notices.len(), 1, "one startup notice, got {:?}", after_ok.iter().map(Msg::tag).collect::<String>());
+    assert_eq!(notices[0][&'C'], "42622");
+    assert!(notices[0][&'M'].contains("will be truncated"), "{:?}", notices[0]);
+    assert_eq!(c.query_values("SELECT length(current_setting('application_name'))"), vec!["63"]);
+    // Only at login: the next query brings no copy of it.
+    let msgs = c.simple_query("SELECT 1");
+    assert!(msgs.iter().all(|m| m.tag != b'N'), "{msgs:?}");
+    proxy.assert_no_panics();
+}
