@@ -104,9 +104,52 @@ pub fn ready_for_query(status: u8) -> Bytes {
 }
 
 pub fn query(sql: &str) -> Bytes {
-    let mut body = BytesMut::new();
-    put_cstr(&mut body, sql);
+    query_bytes(sql.as_bytes())
+}
+
+/// A simple Query whose text is not necessarily UTF-8 (it is in the client's encoding).
+pub fn query_bytes(sql: &[u8]) -> Bytes {
+    let mut body = BytesMut::with_capacity(sql.len() + 1);
+    body.put_slice(sql);
+    body.put_u8(0);
     frame(b'Q', &body)
+}
+
+/// Parse (`P`) of the unnamed statement, its parameters of the given type OIDs.
+pub fn parse_unnamed(sql: &str, param_types: &[u32]) -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, "");
+    put_cstr(&mut body, sql);
+    body.put_u16(param_types.len() as u16);
+    for oid in param_types {
+        body.put_u32(*oid);
+    }
+    frame(b'P', &body)
+}
+
+/// Bind (`B`) of the unnamed statement to the unnamed portal, all parameters and results in
+/// text format. Values travel as data: no quoting, whatever `standard_conforming_strings` is.
+pub fn bind_text(params: &[&[u8]]) -> Bytes {
+    let mut body = BytesMut::new();
+    put_cstr(&mut body, "");
+    put_cstr(&mut body, "");
+    body.put_u16(0);
+    body.put_u16(params.len() as u16);
+    for value in params {
+        body.put_u32(value.len() as u32);
+        body.put_slice(value);
+    }
+    body.put_u16(0);
+    frame(b'B', &body)
+}
+
+/// Execute (`E`) of the unnamed portal, all rows.
+pub fn execute_unnamed() -> Bytes {
+    frame(b'E', b"\0\0\0\0\0")
+}
+
+pub fn sync() -> Bytes {
+    frame(b'S', &[])
 }
 
 pub fn terminate() -> Bytes {

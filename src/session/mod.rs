@@ -3,6 +3,7 @@
 pub mod client_auth;
 pub mod handshake;
 pub mod outbound;
+pub mod prepared_sql;
 pub mod registry;
 pub mod relay;
 pub mod snapshot;

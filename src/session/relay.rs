@@ -380,7 +380,8 @@ impl Relay {
 
     async fn capture(&mut self) -> Result<Snapshot, String> {
         let mut params = Vec::new();
-        let snap = snapshot::capture(&mut self.backend, &mut self.to_client, &mut params).await.map_err(|e| e.to_string());
+        let encoding = self.state.params.get("client_encoding").cloned().unwrap_or_default();
+        let snap = snapshot::capture(&mut self.backend, &mut self.to_client, &mut params, &encoding).await.map_err(|e| e.to_string());
         for (k, v) in params {
             self.state.params.insert(k, v);
         }

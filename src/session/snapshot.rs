@@ -8,20 +8,26 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
 use super::outbound::Outbound;
+use super::prepared_sql;
 use crate::backend::BackendConn;
 use crate::protocol::messages::{self, parse_data_row, parse_error_fields, parse_parameter_status, ErrorFields};
 
-/// Everything about a session that lives on the server and must follow it.
+/// Everything about a session that lives on the server and must follow it. The replay
+/// executes values, never the client's SQL: text is kept as the server sent it (in the
+/// client's encoding), byte for byte.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    /// Settings changed with SET (not startup parameters, which the new connection got already).
-    pub settings: Vec<(String, String)>,
-    /// `PREPARE ...` statements, full text.
-    pub sql_prepared: Vec<String>,
+    /// Settings changed with SET (not startup parameters, which the new connection got
+    /// already): name and value.
+    pub settings: Vec<(Bytes, Bytes)>,
+    /// SQL-level prepared statements: each `PREPARE` statement alone, cut out of the query
+    /// string it came in (see [`prepared_sql`](super::prepared_sql)).
+    pub sql_prepared: Vec<Bytes>,
     /// Names of protocol-level prepared statements the server knows.
     pub protocol_prepared: Vec<Bytes>,
-    pub listen_channels: Vec<String>,
-    /// What cannot move: temp tables, session advisory locks, WITH HOLD cursors.
+    pub listen_channels: Vec<Bytes>,
+    /// What cannot move: temp tables, session advisory locks, WITH HOLD cursors, SQL prepared
+    /// statements whose PREPARE cannot be isolated.
     pub blockers: Vec<String>,
 }
 
@@ -114,39 +120,56 @@ pub async fn run_idempotent(
     }
 }
 
-fn text(col: &Option<Bytes>) -> String {
-    col.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
-}
-
-pub async fn capture(conn: &mut BackendConn, to_client: &mut Outbound, params: &mut Vec<(String, String)>) -> Result<Snapshot, SnapshotError> {
+/// `client_encoding`: the session's current one, in which the server sends the captured text.
+pub async fn capture(
+    conn: &mut BackendConn,
+    to_client: &mut Outbound,
+    params: &mut Vec<(String, String)>,
+    client_encoding: &str,
+) -> Result<Snapshot, SnapshotError> {
     let (rows, errors) = run_idempotent(conn, &[messages::query(CAPTURE_SQL)], Some(to_client), params).await?;
     if let Some(e) = errors.into_iter().next() {
         return Err(SnapshotError::Server(format!("could not read the session's state: {}", e.message)));
     }
     let mut snap = Snapshot::default();
     for row in rows {
-        let [kind, name, value] = [row.first(), row.get(1), row.get(2)].map(|c| c.map(text).unwrap_or_default());
-        match kind.as_str() {
-            "set" if !NOT_REPLAYED.contains(&name.as_str()) => snap.settings.push((name, value)),
-            "sqlprep" => snap.sql_prepared.push(value),
-            "protoprep" => snap.protocol_prepared.push(Bytes::from(name.into_bytes())),
-            "listen" => snap.listen_channels.push(name),
-            "blocker" => snap.blockers.push(name),
+        let [kind, name, value] = [0, 1, 2].map(|i| row.get(i).cloned().flatten().unwrap_or_default());
+        match &kind[..] {
+            b"set" if !NOT_REPLAYED.iter().any(|n| n.as_bytes() == &name[..]) => snap.settings.push((name, value)),
+            b"sqlprep" => match prepared_sql::isolate_prepare(&value, &name, client_encoding) {
+                Ok(statement) => snap.sql_prepared.push(value.slice_ref(statement)),
+                Err(reason) => snap.blockers.push(format!("SQL prepared statement \"{}\" ({reason})", String::from_utf8_lossy(&name))),
+            },
+            b"protoprep" => snap.protocol_prepared.push(name),
+            b"listen" => snap.listen_channels.push(name),
+            b"blocker" => snap.blockers.push(String::from_utf8_lossy(&name).into_owned()),
             _ => {}
         }
     }
-    // standard_conforming_strings changes how later literals parse: set it last.
-    snap.settings.sort_by_key(|(name, _)| name == "standard_conforming_strings");
+    // The values are in the session's client encoding: set that first, so the server reads
+    // every later value (and the PREPARE texts) in it.
+    snap.settings.sort_by_key(|(name, _)| &name[..] != b"client_encoding");
     Ok(snap)
 }
 
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// A quoted identifier. Safe in every client encoding: no multibyte character contains the
+/// byte `"`.
+fn identifier(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    out.push(b'"');
+    for &b in name {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+    out
 }
 
-fn identifier(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+/// Sets one setting per Bind: name and value travel as parameters, never inside SQL text.
+const SET_CONFIG_SQL: &str = "SELECT pg_catalog.set_config($1, $2, false)";
+const TEXT_OID: u32 = 25;
 
 /// Recreates the snapshot on `conn`. Returns the ParameterStatus values the server reported
 /// while doing so; fails if any statement failed (the session would not behave the same).
@@ -162,14 +185,19 @@ pub async fn replay(
     if reset_first {
         queries.push(messages::query("DISCARD ALL"));
     }
-    for (name, value) in &snap.settings {
-        queries.push(messages::query(&format!("SELECT pg_catalog.set_config({}, {}, false)", literal(name), literal(value))));
+    if !snap.settings.is_empty() {
+        queries.push(messages::parse_unnamed(SET_CONFIG_SQL, &[TEXT_OID, TEXT_OID]));
+        for (name, value) in &snap.settings {
+            queries.push(messages::bind_text(&[name, value]));
+            queries.push(messages::execute_unnamed());
+        }
+        queries.push(messages::sync());
     }
     for statement in &snap.sql_prepared {
-        queries.push(messages::query(statement));
+        queries.push(messages::query_bytes(statement));
     }
     for channel in &snap.listen_channels {
-        queries.push(messages::query(&format!("LISTEN {}", identifier(channel))));
+        queries.push(messages::query_bytes(&[&b"LISTEN "[..], &identifier(channel)].concat()));
     }
     let mut parses = 0;
     for name in &snap.protocol_prepared {
@@ -179,7 +207,7 @@ pub async fn replay(
         }
     }
     if parses > 0 {
-        queries.push(messages::frame(b'S', &[]));
+        queries.push(messages::sync());
     }
     let mut params = Vec::new();
     let (_, errors) = run_internal(conn, &queries, None, &mut params).await?;

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod backend_tls;
 mod cutover;
+mod cutover_replay;
 mod proxy_auth;
 mod proxy_limits;
 mod proxy_protocol;
