@@ -71,11 +71,7 @@ fn a_first_packet_that_is_no_startup_packet_is_closed_silently() {
     ];
     for (what, bytes) in cases {
         for server in [proxy.addr, format!("{HOST}:{}", old().port).parse().expect("address")] {
-            let mut s = TcpStream::connect(server).expect("connect");
-            s.set_read_timeout(Some(PATIENCE)).unwrap();
-            std::io::Write::write_all(&mut s, &bytes).unwrap();
-            let mut reply = Vec::new();
-            let _ = s.read_to_end(&mut reply);
+            let reply = raw_reply(server, &bytes);
             assert!(reply.is_empty(), "{what} to {server}: got {:?}", String::from_utf8_lossy(&reply));
         }
     }
