@@ -1,8 +1,12 @@
 //! SCRAM-SHA-256 (RFC 5802 / RFC 7677) as PostgreSQL implements it.
 //!
-//! Only the plain `SCRAM-SHA-256` mechanism is supported; we never offer
-//! `SCRAM-SHA-256-PLUS`, so a client asking for channel binding (`p=`) is
-//! refused.
+//! As a server, `SCRAM-SHA-256-PLUS` with `tls-server-end-point` channel
+//! binding is offered when the caller supplies the hash of its TLS certificate
+//! (see [`crate::auth::channel_binding`]); otherwise only `SCRAM-SHA-256`, and a
+//! client asking for channel binding (`p=`) is refused. As a client, the proxy
+//! never binds (it logs into servers with `n,,`), and it can answer from a
+//! password or, without one, from a ClientKey recovered from a client's proof
+//! (pass-through: no PBKDF2).
 //!
 //! Password normalisation: Postgres runs SASLprep (RFC 4013) on the password
 //! and falls back to the raw bytes when SASLprep fails. For ASCII passwords
@@ -19,9 +23,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ring::{digest, hmac, pbkdf2};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 /// SASL mechanism name to advertise in `AuthenticationSASL`.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The channel-binding variant, offered over TLS.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel-binding type Postgres (and so the proxy) supports.
+const CBIND_TYPE: &[u8] = b"tls-server-end-point";
 /// Postgres' default (`scram_iterations`).
 pub const DEFAULT_ITERATIONS: u32 = 4096;
 /// Postgres' `SCRAM_DEFAULT_SALT_LEN`.
@@ -32,10 +41,8 @@ const KEY_LEN: usize = 32;
 
 type Key = [u8; KEY_LEN];
 
-/// base64("n,,") and base64("y,,"): the `c=` value a client without channel
-/// binding must echo back.
+/// base64("n,,"): the `c=` value of a client without channel binding.
 const CBIND_N: &[u8] = b"biws";
-const CBIND_Y: &[u8] = b"eSws";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScramError {
@@ -45,8 +52,16 @@ pub enum ScramError {
     InvalidVerifier(&'static str),
     #[error("unsupported SCRAM feature: {0}")]
     Unsupported(&'static str),
-    #[error("SCRAM channel-binding attribute does not match the gs2 header")]
+    #[error("SCRAM channel binding check failed")]
     ChannelBindingMismatch,
+    /// The client's channel-binding choice contradicts the mechanism it selected or what
+    /// the server offered (a possible downgrade).
+    #[error("SCRAM channel binding negotiation error: {0}")]
+    ChannelBindingNegotiation(&'static str),
+    /// Pass-through: the server's salt or iteration count is not the verifier's the
+    /// ClientKey belongs to, so the server holds a different verifier for the role.
+    #[error("the server's SCRAM salt or iteration count differs from the verifier pgcutover holds for the role")]
+    VerifierMismatch,
     #[error("SCRAM nonce mismatch")]
     NonceMismatch,
     /// The client proof did not verify: wrong password.
@@ -163,6 +178,32 @@ fn concat(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
+// ClientKey
+
+/// A role's SCRAM ClientKey, recovered from a client's proof. Password-equivalent for
+/// logging into any server that holds the same verifier: zeroed on drop, never printed.
+#[derive(Clone)]
+pub struct ClientKey(Key);
+
+impl ClientKey {
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl Drop for ClientKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Verifier
 
 /// A SCRAM-SHA-256 secret as stored in `pg_authid.rolpassword`:
@@ -227,6 +268,23 @@ impl ScramVerifier {
         })
     }
 
+    /// A verifier for a role that does not exist or has no usable secret, so that its
+    /// exchange runs like any other and fails at the proof, as a wrong password does
+    /// (Postgres' "mock" authentication). Salt and keys are derived from the name with a
+    /// per-process secret: the same name always shows the same salt, different names
+    /// different ones, as real roles do. No PBKDF2.
+    pub fn decoy(user: &str) -> Self {
+        static SECRET: std::sync::OnceLock<Key> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(rand::random);
+        let salt = hmac_sha256(secret, &[b"salt\0", user.as_bytes()]);
+        ScramVerifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: salt[..DEFAULT_SALT_LEN].to_vec(),
+            stored_key: hmac_sha256(secret, &[b"stored\0", user.as_bytes()]),
+            server_key: hmac_sha256(secret, &[b"server\0", user.as_bytes()]),
+        }
+    }
+
     /// New verifier with a random 16-byte salt and 4096 iterations (Postgres'
     /// defaults).
     pub fn generate(password: &str) -> Result<Self, ScramError> {
@@ -247,6 +305,13 @@ impl ScramVerifier {
 
     pub fn server_key(&self) -> &[u8; 32] {
         &self.server_key
+    }
+}
+
+impl Drop for ScramVerifier {
+    fn drop(&mut self) {
+        self.stored_key.zeroize();
+        self.server_key.zeroize();
     }
 }
 
@@ -295,11 +360,12 @@ enum ServerState {
         server_first: Vec<u8>,
         /// Full nonce: client nonce + server suffix.
         nonce: Vec<u8>,
-        /// Expected `c=` value for the gs2 header the client used.
-        cbind: &'static [u8],
+        /// Expected `c=` value: base64 of the gs2 header (plus the channel-binding data
+        /// when the client binds).
+        cbind: Vec<u8>,
     },
     Success {
-        client_key: Key,
+        client_key: ClientKey,
     },
     Failed,
 }
@@ -307,21 +373,33 @@ enum ServerState {
 /// Server side of one SCRAM-SHA-256 exchange: authenticate a client against a
 /// stored [`ScramVerifier`].
 ///
-/// Usage: send `AuthenticationSASL` listing [`SCRAM_SHA_256`]; feed the
-/// `SASLInitialResponse` data to [`client_first`](Self::client_first) and send
-/// the result as `AuthenticationSASLContinue`; feed the `SASLResponse` data to
+/// Usage: send `AuthenticationSASL` listing [`mechanisms`](Self::mechanisms);
+/// feed the mechanism the client chose and its `SASLInitialResponse` data to
+/// [`client_first_for`](Self::client_first_for) and send the result as
+/// `AuthenticationSASLContinue`; feed the `SASLResponse` data to
 /// [`client_final`](Self::client_final) and send the result as
 /// `AuthenticationSASLFinal`, then `AuthenticationOk`. Any error is final: the
 /// exchange cannot be resumed.
 pub struct ScramServer {
     verifier: ScramVerifier,
+    /// `tls-server-end-point` data (the hash of our certificate) when the client
+    /// connection uses TLS: then SCRAM-SHA-256-PLUS is offered.
+    channel_binding: Option<Vec<u8>>,
     state: ServerState,
 }
 
 impl ScramServer {
+    /// An exchange without channel binding (plain connection).
     pub fn new(verifier: ScramVerifier) -> Self {
+        Self::with_channel_binding(verifier, None)
+    }
+
+    /// An exchange that offers SCRAM-SHA-256-PLUS when `end_point` (the
+    /// `tls-server-end-point` hash of the certificate the client saw) is given.
+    pub fn with_channel_binding(verifier: ScramVerifier, end_point: Option<Vec<u8>>) -> Self {
         ScramServer {
             verifier,
+            channel_binding: end_point,
             state: ServerState::Initial,
         }
     }
@@ -330,15 +408,32 @@ impl ScramServer {
         &self.verifier
     }
 
-    /// Process client-first-message, return server-first-message.
-    pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
-        self.client_first_with_suffix(msg, random_nonce().as_bytes())
+    /// The mechanisms to list in `AuthenticationSASL`, preferred first (as Postgres).
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.channel_binding.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
+        }
     }
 
-    /// `client_first` with a given server nonce suffix (tests reproduce the
+    /// Process client-first-message for the plain mechanism, return
+    /// server-first-message.
+    pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        self.client_first_for(SCRAM_SHA_256.as_bytes(), msg)
+    }
+
+    /// Process client-first-message sent with the mechanism the client selected,
+    /// return server-first-message.
+    pub fn client_first_for(&mut self, mechanism: &[u8], msg: &[u8]) -> Result<Vec<u8>, ScramError> {
+        self.client_first_with_suffix(mechanism, msg, random_nonce().as_bytes())
+    }
+
+    /// `client_first_for` with a given server nonce suffix (tests reproduce the
     /// RFC 7677 vector through this).
     fn client_first_with_suffix(
         &mut self,
+        mechanism: &[u8],
         msg: &[u8],
         suffix: &[u8],
     ) -> Result<Vec<u8>, ScramError> {
@@ -348,17 +443,47 @@ impl ScramServer {
         // Any failure from here on leaves the exchange Failed.
         self.state = ServerState::Failed;
 
+        let plus = if mechanism == SCRAM_SHA_256_PLUS.as_bytes() {
+            if self.channel_binding.is_none() {
+                return Err(ScramError::ChannelBindingNegotiation(
+                    "SCRAM-SHA-256-PLUS was not offered",
+                ));
+            }
+            true
+        } else if mechanism == SCRAM_SHA_256.as_bytes() {
+            false
+        } else {
+            return Err(ScramError::Unsupported("SASL mechanism"));
+        };
+
         // gs2-header = gs2-cbind-flag "," [ authzid ] ","
         let (flag, rest) = split_comma(msg).ok_or(ScramError::Malformed("missing gs2 header"))?;
-        let cbind = match flag {
-            b"n" => CBIND_N,
-            // Client supports channel binding but thinks we don't: true, we
-            // never advertise -PLUS, so this is not a downgrade.
-            b"y" => CBIND_Y,
-            f if f.starts_with(b"p=") => {
-                return Err(ScramError::Unsupported(
-                    "channel binding (SCRAM-SHA-256-PLUS) not offered",
+        // The channel-binding data the client must include in `c=` (after the header).
+        let bound: &[u8] = match flag {
+            b"n" | b"y" if plus => {
+                return Err(ScramError::ChannelBindingNegotiation(
+                    "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data",
                 ))
+            }
+            b"n" => &[],
+            // The client could bind but thinks we cannot: over TLS we offered -PLUS,
+            // so someone removed it on the way (Postgres refuses this too).
+            b"y" if self.channel_binding.is_some() => {
+                return Err(ScramError::ChannelBindingNegotiation(
+                    "the client supports SCRAM channel binding but thinks the server does not; this server does support channel binding",
+                ))
+            }
+            b"y" => &[],
+            f if f.starts_with(b"p=") => {
+                if !plus {
+                    return Err(ScramError::ChannelBindingNegotiation(
+                        "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM message includes channel binding data",
+                    ));
+                }
+                if &f[2..] != CBIND_TYPE {
+                    return Err(ScramError::Unsupported("channel-binding type"));
+                }
+                self.channel_binding.as_deref().unwrap_or_default()
             }
             _ => return Err(ScramError::Malformed("invalid gs2 channel-binding flag")),
         };
@@ -372,6 +497,8 @@ impl ScramServer {
                 ScramError::Malformed("invalid gs2 header")
             });
         }
+        let header = &msg[..flag.len() + 2];
+        let cbind = B64.encode(concat(&[header, bound])).into_bytes();
 
         let mut attrs = bare.split(|&b| b == b',');
         let user = attrs.next();
@@ -442,7 +569,7 @@ impl ScramServer {
         let mut attrs = without_proof.split(|&b| b == b',');
         let c = attr(attrs.next(), b'c')
             .ok_or(ScramError::Malformed("expected channel-binding attribute"))?;
-        if c != cbind {
+        if !bool::from(c.ct_eq(&cbind)) {
             return Err(ScramError::ChannelBindingMismatch);
         }
         let r =
@@ -459,9 +586,9 @@ impl ScramServer {
 
         let auth_message = concat(&[&client_first_bare, b",", &server_first, b",", without_proof]);
         let client_signature = hmac_sha256(&self.verifier.stored_key, &[&auth_message]);
-        let client_key = xor(&proof, &client_signature);
+        let client_key = ClientKey(xor(&proof, &client_signature));
         // Constant-time: don't leak how much of StoredKey a forged proof hit.
-        if !bool::from(sha256(&client_key).ct_eq(&self.verifier.stored_key)) {
+        if !bool::from(sha256(client_key.as_bytes()).ct_eq(&self.verifier.stored_key)) {
             return Err(ScramError::InvalidProof);
         }
 
@@ -470,12 +597,13 @@ impl ScramServer {
         Ok(concat(&[b"v=", B64.encode(server_signature).as_bytes()]))
     }
 
-    /// The client's ClientKey, recovered from its proof, once the exchange has
-    /// succeeded. Together with the verifier's ServerKey it can authenticate
-    /// to another server holding the same verifier (same salt/iterations).
-    pub fn client_key(&self) -> Option<[u8; 32]> {
-        match self.state {
-            ServerState::Success { client_key } => Some(client_key),
+    /// The client's ClientKey, recovered from its proof (ClientProof XOR
+    /// ClientSignature), once the exchange has succeeded. Together with the
+    /// verifier it can authenticate to another server holding the same verifier
+    /// (see [`ScramClient::with_client_key`]).
+    pub fn client_key(&self) -> Option<ClientKey> {
+        match &self.state {
+            ServerState::Success { client_key } => Some(client_key.clone()),
             _ => None,
         }
     }
@@ -491,6 +619,7 @@ impl fmt::Debug for ScramServer {
         };
         f.debug_struct("ScramServer")
             .field("verifier", &self.verifier)
+            .field("channel_binding", &self.channel_binding.is_some())
             .field("state", &state)
             .finish()
     }
@@ -505,17 +634,30 @@ enum ClientState {
     Failed,
 }
 
+/// What the client side answers with.
+enum ClientSecret {
+    Password(zeroize::Zeroizing<String>),
+    /// Pass-through: the role's ClientKey and the verifier it belongs to.
+    Key {
+        client_key: ClientKey,
+        verifier: ScramVerifier,
+    },
+}
+
 /// Client side of SCRAM-SHA-256, for logging in to an upstream Postgres with a
-/// known password. Always uses gs2 header `n,,` (no channel binding).
+/// known password, or with a role's ClientKey and verifier (pass-through).
+/// Always uses gs2 header `n,,` (no channel binding).
 ///
 /// Usage: send [`client_first`](Self::client_first) in `SASLInitialResponse`
 /// (mechanism [`SCRAM_SHA_256`]); pass the `AuthenticationSASLContinue` data to
 /// [`server_first`](Self::server_first) and send the result as `SASLResponse`;
 /// pass the `AuthenticationSASLFinal` data to
-/// [`server_final`](Self::server_final). `server_first` runs PBKDF2 with the
-/// server's iteration count: CPU-bound.
+/// [`server_final`](Self::server_final). With a password, `server_first` runs
+/// PBKDF2 with the server's iteration count (CPU-bound, cached); with a
+/// ClientKey it only checks that the server's salt and iteration count are the
+/// verifier's.
 pub struct ScramClient {
-    password: String,
+    secret: ClientSecret,
     /// Empty in practice, as libpq sends; settable only for the RFC test vector.
     username: String,
     nonce: String,
@@ -527,9 +669,20 @@ impl ScramClient {
         Ok(Self::with_nonce("", password, random_nonce()))
     }
 
+    /// Pass-through: answer with a ClientKey recovered by a [`ScramServer`] for
+    /// `verifier`. The server must hold the same verifier.
+    pub fn with_client_key(client_key: ClientKey, verifier: ScramVerifier) -> Self {
+        ScramClient {
+            secret: ClientSecret::Key { client_key, verifier },
+            username: String::new(),
+            nonce: random_nonce(),
+            state: ClientState::Initial,
+        }
+    }
+
     fn with_nonce(username: &str, password: &str, nonce: String) -> Self {
         ScramClient {
-            password: password.to_owned(),
+            secret: ClientSecret::Password(zeroize::Zeroizing::new(password.to_owned())),
             username: username.to_owned(),
             nonce,
             state: ClientState::Initial,
@@ -590,15 +743,27 @@ impl ScramClient {
         };
         // Remaining attributes are optional extensions (RFC 5802); ignored.
 
-        let salted = cached_salted_password(&self.password, &salt, iterations);
-        let client_key = client_key_from_salted(&salted);
-        let stored_key = sha256(&client_key);
-        let server_key = server_key_from_salted(&salted);
+        let (mut client_key, stored_key, server_key) = match &self.secret {
+            ClientSecret::Password(password) => {
+                let mut salted = cached_salted_password(password, &salt, iterations);
+                let client_key = client_key_from_salted(&salted);
+                let server_key = server_key_from_salted(&salted);
+                salted.zeroize();
+                (client_key, sha256(&client_key), server_key)
+            }
+            ClientSecret::Key { client_key, verifier } => {
+                if salt != verifier.salt || iterations != verifier.iterations {
+                    return Err(ScramError::VerifierMismatch);
+                }
+                (*client_key.as_bytes(), verifier.stored_key, verifier.server_key)
+            }
+        };
 
         let without_proof = concat(&[b"c=", CBIND_N, b",r=", nonce]);
         let auth_message = concat(&[&self.client_first_bare(), b",", msg, b",", &without_proof]);
         let client_signature = hmac_sha256(&stored_key, &[&auth_message]);
         let proof = xor(&client_key, &client_signature);
+        client_key.zeroize();
         let server_signature = hmac_sha256(&server_key, &[&auth_message]);
 
         self.state = ClientState::FinalSent { server_signature };
@@ -664,8 +829,12 @@ impl fmt::Debug for ScramClient {
             ClientState::FinalSent { .. } => "FinalSent",
             ClientState::Failed => "Failed",
         };
+        let secret = match self.secret {
+            ClientSecret::Password(_) => "password",
+            ClientSecret::Key { .. } => "client key",
+        };
         f.debug_struct("ScramClient")
-            .field("password", &"<redacted>")
+            .field("secret", &secret)
             .field("state", &state)
             .finish()
     }
@@ -791,12 +960,19 @@ mod tests {
         let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
         let mut server = ScramServer::new(v);
         let sf = server
-            .client_first_with_suffix(RFC_CLIENT_FIRST.as_bytes(), RFC_SERVER_SUFFIX.as_bytes())
+            .client_first_with_suffix(
+                SCRAM_SHA_256.as_bytes(),
+                RFC_CLIENT_FIRST.as_bytes(),
+                RFC_SERVER_SUFFIX.as_bytes(),
+            )
             .unwrap();
         assert_eq!(sf, RFC_SERVER_FIRST.as_bytes());
         let fin = server.client_final(RFC_CLIENT_FINAL.as_bytes()).unwrap();
         assert_eq!(fin, RFC_SERVER_FINAL.as_bytes());
-        assert_eq!(B64.encode(server.client_key().unwrap()), PENCIL_CLIENT_KEY);
+        assert_eq!(
+            B64.encode(server.client_key().unwrap().as_bytes()),
+            PENCIL_CLIENT_KEY
+        );
     }
 
     #[test]
@@ -820,8 +996,9 @@ mod tests {
         let server = exchange("correct horse", &v).unwrap();
         // ClientKey recovered by the server is the one derived from the password.
         let salted = salted_password("correct horse", v.salt(), v.iterations());
-        assert_eq!(server.client_key(), Some(client_key_from_salted(&salted)));
-        assert_eq!(sha256(&server.client_key().unwrap()), *v.stored_key());
+        let key = server.client_key().unwrap();
+        assert_eq!(*key.as_bytes(), client_key_from_salted(&salted));
+        assert_eq!(sha256(key.as_bytes()), *v.stored_key());
     }
 
     #[test]
@@ -852,7 +1029,7 @@ mod tests {
         let sf = server.client_first(&client.client_first()).unwrap();
         let cf = client.server_first(&sf).unwrap();
         assert_eq!(server.client_final(&cf), Err(ScramError::InvalidProof));
-        assert_eq!(server.client_key(), None);
+        assert!(server.client_key().is_none());
         assert_eq!(server.client_final(&cf), Err(ScramError::OutOfOrder));
         assert_eq!(
             server.client_first(b"n,,n=,r=abc"),
@@ -867,14 +1044,13 @@ mod tests {
 
         // Out-of-order calls after success keep the recovered ClientKey.
         let mut ok = exchange("pw", &v).unwrap();
-        let key = ok.client_key();
-        assert!(key.is_some());
+        let key = *ok.client_key().unwrap().as_bytes();
         assert_eq!(ok.client_first(b"n,,n=,r=abc"), Err(ScramError::OutOfOrder));
         assert_eq!(
             ok.client_final(b"c=biws,r=x,p=AAAA"),
             Err(ScramError::OutOfOrder)
         );
-        assert_eq!(ok.client_key(), key);
+        assert_eq!(*ok.client_key().unwrap().as_bytes(), key);
     }
 
     #[test]
@@ -887,7 +1063,7 @@ mod tests {
         assert!(first("n,,n=someone,r=abc,x=ext").is_ok());
         assert!(matches!(
             first("p=tls-server-end-point,,n=,r=abc"),
-            Err(ScramError::Unsupported(_))
+            Err(ScramError::ChannelBindingNegotiation(_))
         ));
         assert!(matches!(
             first("n,a=bob,n=,r=abc"),
@@ -933,7 +1109,11 @@ mod tests {
         let v = ScramVerifier::parse(&pencil_verifier_str()).unwrap();
         let mut server = ScramServer::new(v);
         let first = format!("{gs2}n=user,r={RFC_CLIENT_NONCE}");
-        server.client_first_with_suffix(first.as_bytes(), RFC_SERVER_SUFFIX.as_bytes())?;
+        server.client_first_with_suffix(
+            SCRAM_SHA_256.as_bytes(),
+            first.as_bytes(),
+            RFC_SERVER_SUFFIX.as_bytes(),
+        )?;
         server.client_final(final_msg.as_bytes())
     }
 
@@ -1072,5 +1252,131 @@ mod tests {
         let a = std::str::from_utf8(&a).unwrap();
         let nonce = a.strip_prefix("n,,n=,r=").unwrap();
         assert_eq!(B64.decode(nonce).unwrap().len(), RAW_NONCE_LEN);
+    }
+
+    /// A client that binds to `end_point` with the -PLUS mechanism, by hand (the
+    /// proxy's own client never binds).
+    fn plus_exchange(
+        server: &mut ScramServer,
+        password: &str,
+        gs2: &str,
+        mechanism: &str,
+        cbind_data: &[u8],
+    ) -> Result<Vec<u8>, ScramError> {
+        let v = server.verifier().clone();
+        let nonce = "fyko+d2lbbFgONRv9qkxdawL";
+        let bare = format!("n=,r={nonce}");
+        let first = format!("{gs2}{bare}");
+        let sf = server.client_first_for(mechanism.as_bytes(), first.as_bytes())?;
+        let sf_text = std::str::from_utf8(&sf).unwrap();
+        let full_nonce = sf_text.strip_prefix("r=").unwrap().split(',').next().unwrap();
+        let c = B64.encode(concat(&[gs2.as_bytes(), cbind_data]));
+        let without_proof = format!("c={c},r={full_nonce}");
+        let auth_message = format!("{bare},{sf_text},{without_proof}");
+        let salted = salted_password(password, v.salt(), v.iterations());
+        let client_key = client_key_from_salted(&salted);
+        let signature = hmac_sha256(&sha256(&client_key), &[auth_message.as_bytes()]);
+        let proof = B64.encode(xor(&client_key, &signature));
+        server.client_final(format!("{without_proof},p={proof}").as_bytes())
+    }
+
+    #[test]
+    fn channel_binding_plus() {
+        let v = ScramVerifier::generate("pw").unwrap();
+        let end_point = vec![7u8; 32];
+        let gs2 = "p=tls-server-end-point,,";
+        let server = || ScramServer::with_channel_binding(v.clone(), Some(end_point.clone()));
+        assert_eq!(server().mechanisms(), &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        assert_eq!(ScramServer::new(v.clone()).mechanisms(), &[SCRAM_SHA_256]);
+
+        // Right certificate hash: success, and the ClientKey is recovered as usual.
+        let mut ok = server();
+        plus_exchange(&mut ok, "pw", gs2, SCRAM_SHA_256_PLUS, &end_point).unwrap();
+        assert_eq!(sha256(ok.client_key().unwrap().as_bytes()), *v.stored_key());
+        // Another certificate (a man in the middle): refused before the proof counts.
+        let mut other = server();
+        assert_eq!(
+            plus_exchange(&mut other, "pw", gs2, SCRAM_SHA_256_PLUS, &[8u8; 32]),
+            Err(ScramError::ChannelBindingMismatch)
+        );
+        // Binding but the plain mechanism, or -PLUS without binding, or "y" while we
+        // offered -PLUS (a downgrade): negotiation errors.
+        for (gs2, mechanism) in [
+            (gs2, SCRAM_SHA_256),
+            ("n,,", SCRAM_SHA_256_PLUS),
+            ("y,,", SCRAM_SHA_256_PLUS),
+            ("y,,", SCRAM_SHA_256),
+        ] {
+            assert!(
+                matches!(
+                    plus_exchange(&mut server(), "pw", gs2, mechanism, &end_point),
+                    Err(ScramError::ChannelBindingNegotiation(_))
+                ),
+                "{gs2} {mechanism}"
+            );
+        }
+        // -PLUS when it was not offered; an unknown binding type.
+        assert!(matches!(
+            plus_exchange(&mut ScramServer::new(v.clone()), "pw", gs2, SCRAM_SHA_256_PLUS, &end_point),
+            Err(ScramError::ChannelBindingNegotiation(_))
+        ));
+        assert!(matches!(
+            plus_exchange(&mut server(), "pw", "p=tls-unique,,", SCRAM_SHA_256_PLUS, &end_point),
+            Err(ScramError::Unsupported(_))
+        ));
+        // The plain mechanism without binding still works over TLS.
+        let mut plain = server();
+        plus_exchange(&mut plain, "pw", "n,,", SCRAM_SHA_256, &[]).unwrap();
+        // Wrong password with the right binding: the proof fails.
+        assert_eq!(
+            plus_exchange(&mut server(), "nope", gs2, SCRAM_SHA_256_PLUS, &end_point),
+            Err(ScramError::InvalidProof)
+        );
+    }
+
+    /// Pass-through: the ClientKey a proxy recovers logs into another server holding
+    /// the same verifier, and is refused (before any proof is sent) by one with another.
+    #[test]
+    fn client_key_pass_through() {
+        let v = ScramVerifier::generate("secret").unwrap();
+        let front = exchange("secret", &v).unwrap();
+        let key = front.client_key().unwrap();
+
+        let mut upstream = ScramServer::new(v.clone());
+        let mut client = ScramClient::with_client_key(key.clone(), v.clone());
+        let sf = upstream.client_first(&client.client_first()).unwrap();
+        let cf = client.server_first(&sf).unwrap();
+        let fin = upstream.client_final(&cf).unwrap();
+        client.server_final(&fin).unwrap();
+        assert_eq!(upstream.client_key().unwrap().as_bytes(), key.as_bytes());
+
+        // Same password, another salt: the verifier differs on that server.
+        let elsewhere = ScramVerifier::generate("secret").unwrap();
+        let mut upstream = ScramServer::new(elsewhere);
+        let mut client = ScramClient::with_client_key(key.clone(), v.clone());
+        let sf = upstream.client_first(&client.client_first()).unwrap();
+        assert_eq!(client.server_first(&sf), Err(ScramError::VerifierMismatch));
+
+        // Same salt and iterations, other keys (another password): the server's
+        // signature does not verify.
+        let impostor = ScramVerifier::from_password("other", v.salt(), v.iterations()).unwrap();
+        let mut upstream = ScramServer::new(impostor);
+        let mut client = ScramClient::with_client_key(key.clone(), v.clone());
+        let sf = upstream.client_first(&client.client_first()).unwrap();
+        let cf = client.server_first(&sf).unwrap();
+        assert_eq!(upstream.client_final(&cf), Err(ScramError::InvalidProof));
+
+        let shown = format!("{key:?} {:?}", ScramClient::with_client_key(key.clone(), v));
+        assert!(!shown.contains(&B64.encode(key.as_bytes())), "{shown}");
+    }
+
+    #[test]
+    fn decoy_is_stable_per_name_and_fails_at_the_proof() {
+        let a = ScramVerifier::decoy("ghost");
+        assert_eq!(a, ScramVerifier::decoy("ghost"));
+        assert_ne!(a.salt(), ScramVerifier::decoy("ghost2").salt());
+        assert_eq!(a.salt().len(), DEFAULT_SALT_LEN);
+        assert_eq!(a.iterations(), DEFAULT_ITERATIONS);
+        assert_eq!(exchange("anything", &a).unwrap_err(), ScramError::InvalidProof);
     }
 }
