@@ -37,6 +37,13 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub require_tls: Option<bool>,
+    pub auth_query: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_password_env: Option<String>,
+    pub auth_dbname: Option<String>,
+    pub auth_query_cache_ttl: Option<String>,
+    pub auth_query_negative_cache_ttl: Option<String>,
+    pub auth_query_pool_size: Option<usize>,
     pub old: Option<FileServer>,
     pub new: Option<FileServer>,
     #[serde(default)]
@@ -101,6 +108,7 @@ pub struct Overrides {
     pub admin_socket: Option<PathBuf>,
     pub metrics_listen: Option<String>,
     pub auth: Option<String>,
+    pub auth_query: Option<String>,
     pub old: Option<String>,
     pub new: Option<String>,
     pub max_clients: Option<usize>,
@@ -162,6 +170,44 @@ impl ServerConfig {
         c.connect_timeout(Duration::from_secs(5));
         if let Some(p) = &self.password {
             c.password(p);
+        }
+        c
+    }
+}
+
+/// `auth_query`: roles' verifiers looked up on the active server instead of `[[users]]`.
+#[derive(Clone)]
+pub struct AuthQueryConfig {
+    /// SQL with `$1` = the role name, returning (name, verifier[, valid until]).
+    pub query: String,
+    /// The role that runs it; `None`: each server's control user (and password).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Where it runs; `None`: each server's control database.
+    pub database: Option<String>,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for AuthQueryConfig {
+    // Hand-written so the password can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "auth_query as {} (pool {}, cache {:?})", self.user.as_deref().unwrap_or("the control user"), self.pool_size, self.cache_ttl)
+    }
+}
+
+impl AuthQueryConfig {
+    /// Connection settings for the query on `server`: its host, port and TLS settings, with
+    /// the auth user and database when configured.
+    pub fn connection(&self, server: &ServerConfig) -> ServerConfig {
+        let mut c = server.clone();
+        if let Some(user) = &self.user {
+            c.user = user.clone();
+            c.password = self.password.clone();
+        }
+        if let Some(database) = &self.database {
+            c.database = database.clone();
         }
         c
     }
@@ -249,6 +295,7 @@ pub struct Config {
     pub old: ServerConfig,
     pub new: Option<ServerConfig>,
     pub users: Vec<UserConfig>,
+    pub auth_query: Option<AuthQueryConfig>,
     pub admin_user: String,
     pub admin_password: Option<String>,
     pub cutover: CutoverConfig,
@@ -287,6 +334,15 @@ impl Config {
             Some(url) => Some(parse_server("new", &url, &file_new)?),
             None => None,
         };
+        let file_auth = FileAuthQuery {
+            query: file.auth_query,
+            user: file.auth_user,
+            password_env: file.auth_password_env,
+            database: file.auth_dbname,
+            cache_ttl: file.auth_query_cache_ttl,
+            negative_cache_ttl: file.auth_query_negative_cache_ttl,
+            pool_size: file.auth_query_pool_size,
+        };
         let mut users = Vec::new();
         for (i, u) in file.users.into_iter().enumerate() {
             let key = format!("users[{i}]");
@@ -308,11 +364,9 @@ impl Config {
             };
             users.push(UserConfig { name: u.name, password, verifier });
         }
-        if auth != AuthMethod::Trust && users.is_empty() {
-            return Err(invalid("users", format!("auth = {auth_text} needs at least one [[users]] entry (or use --auth trust for local use)")));
-        }
-        if auth == AuthMethod::Md5 && users.iter().any(|u| u.password().is_none()) {
-            return Err(invalid("users", "auth = md5 needs a password (not a SCRAM verifier) for every user"));
+        let auth_query = auth_query_config(&file_auth, o.auth_query.clone(), auth)?;
+        if auth != AuthMethod::Trust && users.is_empty() && auth_query.is_none() {
+            return Err(invalid("users", format!("auth = {auth_text} needs auth_query or at least one [[users]] entry (or use --auth trust for local use)")));
         }
         let admin = file.admin.unwrap_or_default();
         let admin_password = match (admin.password, admin.password_env) {
@@ -392,11 +446,66 @@ impl Config {
             old,
             new,
             users,
+            auth_query,
             admin_user: admin.user.unwrap_or_else(|| "admin".into()),
             admin_password,
             cutover,
         })
     }
+}
+
+/// The `auth_*` keys of the file, taken together.
+struct FileAuthQuery {
+    query: Option<String>,
+    user: Option<String>,
+    password_env: Option<String>,
+    database: Option<String>,
+    cache_ttl: Option<String>,
+    negative_cache_ttl: Option<String>,
+    pool_size: Option<usize>,
+}
+
+fn auth_query_config(file: &FileAuthQuery, flag: Option<String>, auth: AuthMethod) -> Result<Option<AuthQueryConfig>, ConfigError> {
+    let Some(query) = flag.or_else(|| file.query.clone()) else {
+        let stray = [
+            ("auth_user", file.user.is_some()),
+            ("auth_password_env", file.password_env.is_some()),
+            ("auth_dbname", file.database.is_some()),
+            ("auth_query_cache_ttl", file.cache_ttl.is_some()),
+            ("auth_query_negative_cache_ttl", file.negative_cache_ttl.is_some()),
+            ("auth_query_pool_size", file.pool_size.is_some()),
+        ];
+        return match stray.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(invalid(key, "only used with auth_query")),
+            None => Ok(None),
+        };
+    };
+    if !query.contains("$1") {
+        return Err(invalid("auth_query", "must take the role name as $1, e.g. SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1 AND rolcanlogin"));
+    }
+    if auth == AuthMethod::Trust {
+        return Err(invalid("auth_query", "needs auth = scram-sha-256 or md5 (with trust no password is checked)"));
+    }
+    if file.password_env.is_some() && file.user.is_none() {
+        return Err(invalid("auth_password_env", "needs auth_user (without it the control credentials of [old]/[new] are used)"));
+    }
+    let password = match &file.password_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| invalid("auth_password_env", format!("environment variable {var} is not set")))?),
+        None => None,
+    };
+    let pool_size = file.pool_size.unwrap_or(2);
+    if !(1..=16).contains(&pool_size) {
+        return Err(invalid("auth_query_pool_size", "must be between 1 and 16"));
+    }
+    Ok(Some(AuthQueryConfig {
+        query,
+        user: file.user.clone(),
+        password,
+        database: file.database.clone(),
+        cache_ttl: opt_duration("auth_query_cache_ttl", file.cache_ttl.clone())?.unwrap_or(Duration::from_secs(60)),
+        negative_cache_ttl: opt_duration("auth_query_negative_cache_ttl", file.negative_cache_ttl.clone())?.unwrap_or(Duration::from_secs(5)),
+        pool_size,
+    }))
 }
 
 /// Best-effort name of the key at byte `offset` of a TOML text, for error messages, with the
@@ -621,5 +730,49 @@ mod tests {
         assert_eq!(Config::from_parts(FileConfig::default(), &bad).err().unwrap().key, "old.url");
         let bad = Overrides { listen: Some("nowhere".into()), ..o };
         assert_eq!(Config::from_parts(FileConfig::default(), &bad).err().unwrap().key, "listen");
+    }
+
+    #[test]
+    fn auth_query_keys() {
+        let o = Overrides { old: Some("postgres://ctl:pw@db/app".into()), auth: Some("md5".into()), ..Default::default() };
+        let file = |f: fn(&mut FileConfig)| {
+            let mut file = FileConfig { auth_query: Some("SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1".into()), ..Default::default() };
+            f(&mut file);
+            file
+        };
+        // Enough on its own (no [[users]]); defaults: the control credentials, 60 s / 5 s, 2.
+        let c = Config::from_parts(file(|_| {}), &o).unwrap();
+        let q = c.auth_query.as_ref().unwrap();
+        assert_eq!((q.cache_ttl, q.negative_cache_ttl, q.pool_size), (Duration::from_secs(60), Duration::from_secs(5), 2));
+        let conn = q.connection(&c.old);
+        assert_eq!((conn.user.as_str(), conn.password.as_deref(), conn.database.as_str(), conn.port), ("ctl", Some("pw"), "app", 5432));
+        // An auth user and database: no control password goes with them.
+        let c = Config::from_parts(
+            file(|f| {
+                f.auth_user = Some("pgcutover_auth".into());
+                f.auth_dbname = Some("authdb".into());
+                f.auth_query_cache_ttl = Some("2s".into());
+            }),
+            &o,
+        )
+        .unwrap();
+        let q = c.auth_query.as_ref().unwrap();
+        let conn = q.connection(&c.old);
+        assert_eq!((conn.user.as_str(), conn.password.as_deref(), conn.database.as_str()), ("pgcutover_auth", None, "authdb"));
+        assert_eq!(q.cache_ttl, Duration::from_secs(2));
+        assert!(!format!("{q:?}").contains("pw"));
+        // The flag works alone too.
+        let flag = Overrides { auth_query: Some("SELECT * FROM auth($1)".into()), ..o.clone() };
+        assert_eq!(Config::from_parts(FileConfig::default(), &flag).unwrap().auth_query.unwrap().query, "SELECT * FROM auth($1)");
+
+        let key = |file: FileConfig, o: &Overrides| Config::from_parts(file, o).err().map(|e| e.key);
+        assert_eq!(key(file(|f| f.auth_query = Some("SELECT 1".into())), &o).as_deref(), Some("auth_query"));
+        assert_eq!(key(file(|_| {}), &Overrides { auth: Some("trust".into()), ..o.clone() }).as_deref(), Some("auth_query"));
+        assert_eq!(key(file(|f| f.auth_query_pool_size = Some(0)), &o).as_deref(), Some("auth_query_pool_size"));
+        assert_eq!(key(file(|f| f.auth_query_cache_ttl = Some("soon".into())), &o).as_deref(), Some("auth_query_cache_ttl"));
+        assert_eq!(key(file(|f| f.auth_password_env = Some("X".into())), &o).as_deref(), Some("auth_password_env"));
+        let stray = FileConfig { auth_user: Some("a".into()), ..Default::default() };
+        assert_eq!(key(stray, &Overrides { auth: Some("trust".into()), ..o.clone() }).as_deref(), Some("auth_user"));
+        assert_eq!(key(FileConfig::default(), &o).as_deref(), Some("users"));
     }
 }

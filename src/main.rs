@@ -49,6 +49,10 @@ struct ServeArgs {
     /// Client authentication: trust, scram-sha-256 or md5.
     #[arg(long)]
     auth: Option<String>,
+    /// SQL returning a role's name and stored verifier ($1 = the role), run on the server to
+    /// check clients of roles not in [[users]] and log in as them without their password.
+    #[arg(long)]
+    auth_query: Option<String>,
     /// Maximum client connections; more get FATAL 53300.
     #[arg(long)]
     max_clients: Option<usize>,
@@ -108,6 +112,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         admin_socket: args.admin_socket,
         metrics_listen: args.metrics_listen,
         auth: args.auth,
+        auth_query: args.auth_query,
         old: args.old,
         new: args.new,
         max_clients: args.max_clients,

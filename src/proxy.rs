@@ -23,6 +23,10 @@ pub struct Shared {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls-server-end-point` data of the proxy's certificate, for SCRAM-SHA-256-PLUS.
+    pub client_end_point: Option<Vec<u8>>,
+    /// Roles' verifiers from the server, when `auth_query` is configured.
+    pub auth_query: Option<Arc<crate::auth::query::AuthQuery>>,
     pub client_slots: Arc<Semaphore>,
     /// Held while a cutover runs: only one at a time.
     pub cutover_lock: tokio::sync::Mutex<()>,
@@ -54,16 +58,6 @@ impl Shared {
         self.set_gate(state);
     }
 
-    /// Password the proxy uses to log into servers as `user`.
-    pub fn backend_password(&self, user: &str, client_password: Option<&str>) -> Option<String> {
-        if let Some(p) = self.config.user(user).and_then(|u| u.password()) {
-            return Some(p.to_string());
-        }
-        if let Some(p) = client_password {
-            return Some(p.to_string());
-        }
-        (self.config.old.user == user).then(|| self.config.old.password.clone()).flatten()
-    }
 }
 
 /// A started proxy: where it listens, and how to stop it.
@@ -84,6 +78,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if config.auth == crate::auth::AuthMethod::Trust && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "auth = trust on a non-loopback address: anyone who can reach it can log in");
     }
+    let client_end_point = match &config.tls_cert {
+        Some(cert) => crate::auth::channel_binding::end_point_of_pem(cert)?,
+        None => None,
+    };
+    if config.tls_cert.is_some() && client_end_point.is_none() {
+        tracing::warn!("the TLS certificate's signature algorithm gives no tls-server-end-point hash: SCRAM-SHA-256-PLUS is not offered");
+    }
+    let auth_query = config.auth_query.as_ref().map(|q| Arc::new(crate::auth::query::AuthQuery::new(q, &config.old, config.new.as_ref())));
     let old = Server::new(Role::Old, config.old.clone())?;
     let new = config.new.clone().map(|c| Server::new(Role::New, c)).transpose()?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -98,6 +100,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Registry::default(),
         metrics: metrics.clone(),
         client_tls,
+        client_end_point,
+        auth_query,
         cutover_lock: tokio::sync::Mutex::new(()),
         cutover: crate::cutover::Tracker::default(),
         stop_accepting: CancellationToken::new(),

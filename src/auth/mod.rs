@@ -1,18 +1,29 @@
-//! Client authentication primitives: SCRAM-SHA-256 (server and client side)
-//! and Postgres' legacy MD5 scheme.
+//! Authentication: SCRAM-SHA-256 (server and client side, channel binding) and Postgres'
+//! legacy MD5 scheme as pure message logic; the credential the proxy logs into servers
+//! with; and `auth_query`, which looks roles' verifiers up on the server.
 //!
-//! Everything here is pure message logic; reading/writing the
-//! `AuthenticationSASL*` / `SASLResponse` / `PasswordMessage` frames is done
-//! by the protocol layer.
+//! Reading/writing the `AuthenticationSASL*` / `SASLResponse` / `PasswordMessage` frames is
+//! done by `session::client_auth` (clients) and `backend::login` (servers).
 
+pub mod channel_binding;
+pub mod credential;
 pub mod md5;
+pub mod passthrough;
+pub mod query;
 pub mod scram;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use self::credential::{ServerCredential, StoredSecret};
 pub use self::md5::{md5_response_from_password, md5_response_from_stored, md5_stored, md5_verify};
-pub use self::scram::{ScramClient, ScramError, ScramServer, ScramVerifier, SCRAM_SHA_256};
+pub use self::scram::{ClientKey, ScramClient, ScramError, ScramServer, ScramVerifier, SCRAM_SHA_256, SCRAM_SHA_256_PLUS};
+
+/// Postgres' message for every failed password login (wrong password, unknown role, role
+/// without LOGIN, expired password): one shape, so the reason cannot be told apart.
+pub fn password_failed(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
 
 /// How the proxy authenticates its own clients (the `pg_hba.conf` method names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,6 +1,8 @@
 //! Connections from the proxy to a Postgres server on behalf of a client: TCP, optional TLS,
 //! StartupMessage with the client's parameters, and authentication as the server asks.
 
+pub mod login;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +10,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::{md5_response_from_password, ScramClient};
+use crate::auth::ServerCredential;
 use crate::config::{ServerConfig, SslMode};
 use crate::net::{Stream, StreamReader, StreamWriter};
-use crate::protocol::messages::{self, parse_error_fields, parse_parameter_status, ErrorFields};
+use crate::protocol::messages::{self, fatal, parse_error_fields, parse_parameter_status, ErrorFields};
 use crate::protocol::startup::{StartupMessage, SSL_REQUEST};
 use crate::protocol::FrameReader;
 
@@ -54,8 +56,39 @@ pub enum BackendError {
     Refused { role: &'static str, frame: Bytes, fields: ErrorFields },
     #[error("the {role} server asked for a password for user {user:?} but pgcutover has none configured for that user")]
     NoPassword { role: &'static str, user: String },
+    /// The server asks for what the credential cannot answer (the reason says what to change).
+    #[error("cannot log into the {role} server as role {user:?}: {reason}")]
+    Unanswerable { role: &'static str, user: String, reason: String },
+    /// SCRAM pass-through to a server that holds another verifier for the role.
+    #[error(
+        "the SCRAM verifier of role {user:?} on the {role} server differs from the one pgcutover authenticated the client with \
+         (salt or iteration count): store old's verifier there (pg_dumpall --roles-only, or ALTER ROLE ... PASSWORD '<rolpassword from old>')"
+    )]
+    VerifierDiffers { role: &'static str, user: String },
     #[error("protocol error from the {role} server: {reason}")]
     Protocol { role: &'static str, reason: String },
+}
+
+impl BackendError {
+    /// What the client is told: the server's own refusal as it is; a verifier that differs
+    /// looks like the wrong password it effectively is (the log has the details).
+    pub fn client_frame(&self) -> Bytes {
+        match self {
+            BackendError::Refused { frame, .. } => frame.clone(),
+            BackendError::NoPassword { .. } | BackendError::Unanswerable { .. } => fatal("28000", &self.to_string()),
+            BackendError::VerifierDiffers { user, .. } => fatal("28P01", &crate::auth::password_failed(user)),
+            BackendError::Unreachable { .. } | BackendError::Protocol { .. } => fatal("08006", &self.to_string()),
+        }
+    }
+
+    /// Whether the server refused the credential itself: a cached verifier may be stale.
+    pub fn credential_refused(&self) -> bool {
+        match self {
+            BackendError::Refused { fields, .. } => fields.code == "28P01",
+            BackendError::VerifierDiffers { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Where to send a CancelRequest for this connection.
@@ -89,7 +122,7 @@ const LOGIN_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SERVER_MAX_MESSAGE: usize = (1 << 30) + 1024;
 
 /// Opens and authenticates a connection; returns after the server's first ReadyForQuery.
-pub async fn connect(server: &Server, startup: &StartupMessage, password: Option<&str>) -> Result<BackendConn, BackendError> {
+pub async fn connect(server: &Server, startup: &StartupMessage, credential: &ServerCredential) -> Result<BackendConn, BackendError> {
     let role = server.role.as_str();
     let address = server.config.address();
     let unreachable = |reason: String| BackendError::Unreachable { role, address: address.clone(), reason };
@@ -106,7 +139,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
     writer.write_all(&startup.encode_for_server()).await.map_err(io_err)?;
 
     let user = startup.user().to_string();
-    let mut scram: Option<ScramClient> = None;
+    let mut login = login::Login::new(startup.user(), credential);
     let mut params = Vec::new();
     let mut startup_notices = Vec::new();
     let mut cancel = CancelTarget { address: address.clone(), pid: 0, secret: Bytes::new() };
@@ -122,39 +155,12 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
                     return Err(protocol("short authentication message".into()));
                 }
                 let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                let need_password = || password.ok_or_else(|| BackendError::NoPassword { role, user: user.clone() });
-                let reply = match code {
-                    messages::AUTH_OK => None,
-                    messages::AUTH_CLEARTEXT => Some(password_message(need_password()?.as_bytes())),
-                    messages::AUTH_MD5 => {
-                        let salt: [u8; 4] = body.get(4..8).and_then(|s| s.try_into().ok()).ok_or_else(|| protocol("short md5 salt".into()))?;
-                        Some(password_message(md5_response_from_password(&user, need_password()?, salt).as_bytes()))
-                    }
-                    messages::AUTH_SASL => {
-                        let offers_scram = body[4..].split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
-                        if !offers_scram {
-                            return Err(protocol("server offers no SASL mechanism we support".into()));
-                        }
-                        let client = scram.insert(ScramClient::new(need_password()?).map_err(|e| protocol(format!("SCRAM: {e}")))?);
-                        let first = client.client_first();
-                        let mut payload = BytesMut::new();
-                        payload.put_slice(b"SCRAM-SHA-256\0");
-                        payload.put_i32(first.len() as i32);
-                        payload.put_slice(&first);
-                        Some(messages::frame(b'p', &payload))
-                    }
-                    messages::AUTH_SASL_CONTINUE => {
-                        let client = scram.as_mut().ok_or_else(|| protocol("SASL continue without SASL start".into()))?;
-                        let reply = client.server_first(&body[4..]).map_err(|e| protocol(format!("SCRAM: {e}")))?;
-                        Some(messages::frame(b'p', &reply))
-                    }
-                    messages::AUTH_SASL_FINAL => {
-                        let client = scram.as_ref().ok_or_else(|| protocol("SASL final without SASL start".into()))?;
-                        client.server_final(&body[4..]).map_err(|e| protocol(format!("SCRAM server signature: {e}")))?;
-                        None
-                    }
-                    other => return Err(protocol(format!("unsupported authentication request {other}"))),
-                };
+                let reply = login.answer(code, &body[4..]).map_err(|e| match e {
+                    login::LoginError::NoPassword => BackendError::NoPassword { role, user: user.clone() },
+                    login::LoginError::Unanswerable(reason) => BackendError::Unanswerable { role, user: user.clone(), reason },
+                    login::LoginError::VerifierDiffers => BackendError::VerifierDiffers { role, user: user.clone() },
+                    login::LoginError::Protocol(reason) => protocol(reason),
+                })?;
                 if let Some(reply) = reply {
                     writer.write_all(&reply).await.map_err(io_err)?;
                 }
@@ -182,13 +188,6 @@ pub async fn connect(server: &Server, startup: &StartupMessage, password: Option
             other => return Err(protocol(format!("unexpected message {:?} during startup", other as char))),
         }
     }
-}
-
-fn password_message(password: &[u8]) -> Bytes {
-    let mut body = BytesMut::with_capacity(password.len() + 1);
-    body.put_slice(password);
-    body.put_u8(0);
-    messages::frame(b'p', &body)
 }
 
 async fn negotiate_tls(mut tcp: TcpStream, server: &Server) -> std::io::Result<Stream> {

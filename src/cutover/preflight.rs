@@ -59,6 +59,9 @@ pub async fn run(shared: &Arc<Shared>, install_sentinel: bool) -> (Vec<CheckRow>
         rows.extend(db_rows);
         links.extend(link);
     }
+    if let Some((status, detail)) = crate::auth::passthrough::check_verifiers_on_new(shared).await {
+        rows.push(row(crate::auth::passthrough::CHECK, status, detail));
+    }
     if !install_sentinel {
         // CHECK: fresh answers on what each session holds (CUTOVER reads them at pre-warm).
         let unanswered = shared.registry.probe_all().await;

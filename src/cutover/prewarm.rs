@@ -31,7 +31,7 @@ pub async fn run(shared: &Arc<Shared>, sessions: &[Arc<SessionHandle>]) -> Resul
     let Some(new) = shared.server(Role::New) else { return Err("no new server".into()) };
     let results: Vec<Result<Option<Prepared>, String>> = stream::iter(sessions.iter().cloned())
         .map(|handle| async move {
-            let conn = backend::connect(new, &handle.startup, handle.backend_password.as_deref())
+            let conn = backend::connect(new, &handle.startup, &handle.credential)
                 .await
                 .map_err(|e| format!("session {} (user {}, database {}): {e}", handle.id, handle.user, handle.database))?;
             let (reply, prepared) = oneshot::channel();

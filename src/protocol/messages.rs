@@ -77,10 +77,12 @@ pub const AUTH_SASL: u32 = 10;
 pub const AUTH_SASL_CONTINUE: u32 = 11;
 pub const AUTH_SASL_FINAL: u32 = 12;
 
-/// AuthenticationSASL listing one mechanism.
-pub fn auth_sasl(mechanism: &str) -> Bytes {
+/// AuthenticationSASL listing these mechanisms, preferred first.
+pub fn auth_sasl(mechanisms: &[&str]) -> Bytes {
     let mut extra = BytesMut::new();
-    put_cstr(&mut extra, mechanism);
+    for mechanism in mechanisms {
+        put_cstr(&mut extra, mechanism);
+    }
     extra.put_u8(0);
     authentication(AUTH_SASL, &extra)
 }

@@ -18,8 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::backend::{self, BackendError};
-use crate::protocol::messages::{self, fatal};
+use crate::backend;
+use crate::protocol::messages;
 use crate::protocol::FrameReader;
 use crate::proxy::Shared;
 use handshake::{Handshake, HandshakeError};
@@ -67,15 +67,15 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         }
     };
     let Some(server) = shared.server(role) else { return };
-    let password = shared.backend_password(&user, auth.client_password.as_deref());
-    let mut conn = match backend::connect(server, &startup, password.as_deref()).await {
+    let mut conn = match backend::connect(server, &startup, &auth.credential).await {
         Ok(conn) => conn,
         Err(e) => {
-            let frame = match &e {
-                BackendError::Refused { frame, .. } => frame.clone(),
-                BackendError::NoPassword { .. } => fatal("28000", &e.to_string()),
-                BackendError::Unreachable { .. } | BackendError::Protocol { .. } => fatal("08006", &e.to_string()),
-            };
+            if e.credential_refused() {
+                if let Some(query) = &shared.auth_query {
+                    query.forget(&user);
+                }
+            }
+            let frame = e.client_frame();
             shared.metrics.error(&messages::parse_error_fields(&frame[5..]).code);
             let _ = reader.get_mut().write_all(&frame).await;
             tracing::warn!(client = %addr, %user, %database, error = %e, "could not open a server connection");
@@ -84,7 +84,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     };
     shared.metrics.server_connections.with_label_values(&[conn.role.as_str()]).inc();
 
-    let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, backend_pid: conn.cancel.pid, startup, backend_password: password });
+    let (handle, commands) = shared.registry.register(NewSession { client_addr: addr, backend_pid: conn.cancel.pid, startup, credential: auth.credential });
     drop(connecting);
     if let Ok(mut t) = handle.cancel_target.lock() {
         *t = Some(conn.cancel.clone());

@@ -84,8 +84,9 @@ pub struct SessionHandle {
     pub key_pid: u32,
     key_secret: [u8; 4],
     pub startup: StartupMessage,
-    /// Password to log into servers as this user; never displayed.
-    pub backend_password: Option<String>,
+    /// What the proxy logs into servers with as this user (pre-warm on new included); never
+    /// displayed, dropped (and zeroed) with the session.
+    pub credential: Arc<crate::auth::ServerCredential>,
     pub cancel_target: Mutex<Option<CancelTarget>>,
     pub status: Mutex<Status>,
     /// Updated at every ReadyForQuery, so kept out of the mutex: (status byte, prepared count).
@@ -186,7 +187,7 @@ pub struct NewSession {
     /// The pid of the session's first server backend (from its BackendKeyData).
     pub backend_pid: u32,
     pub startup: StartupMessage,
-    pub backend_password: Option<String>,
+    pub credential: Arc<crate::auth::ServerCredential>,
 }
 
 impl Registry {
@@ -233,7 +234,7 @@ impl Registry {
                 key_pid: key.pid,
                 key_secret: key.secret,
                 startup: new.startup,
-                backend_password: new.backend_password,
+                credential: new.credential,
                 cancel_target: Mutex::new(None),
                 status: Mutex::new(Status { server: "-", state: "connecting", ..Default::default() }),
                 tx_status: std::sync::atomic::AtomicU8::new(b'I'),
@@ -311,7 +312,7 @@ mod tests {
 
     fn session(pid: u32) -> NewSession {
         let startup = StartupMessage::for_user("u");
-        NewSession { client_addr: SocketAddr::from(([127, 0, 0, 1], 5000)), backend_pid: pid, startup, backend_password: None }
+        NewSession { client_addr: SocketAddr::from(([127, 0, 0, 1], 5000)), backend_pid: pid, startup, credential: std::sync::Arc::new(crate::auth::ServerCredential::None) }
     }
 
     #[test]

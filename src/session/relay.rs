@@ -471,7 +471,7 @@ impl Relay {
     async fn connect_standby_now(&mut self, role: backend::Role) -> Result<(), String> {
         if self.standby.is_none() {
             let server = self.shared.server(role).ok_or("no such server configured")?;
-            let mut conn = backend::connect(server, &self.handle.startup, self.handle.backend_password.as_deref())
+            let mut conn = backend::connect(server, &self.handle.startup, &self.handle.credential)
                 .await
                 .map_err(|e| e.to_string())?;
             self.shared.metrics.server_connections.with_label_values(&[role.as_str()]).inc();

@@ -134,33 +134,55 @@ async fn server_refusal_of_the_configured_password_reaches_the_client() {
     proxy.assert_no_panics();
 }
 
-/// A user configured only with a SCRAM verifier (copied from pg_authid) can log into the proxy,
-/// but the proxy then has no password for a server that asks for one: a clear 28000. A server
-/// that trusts the user lets the session through.
+/// A user configured only with a SCRAM verifier (copied from pg_authid) logs in through the
+/// proxy by pass-through: the ClientKey from the client's proof answers the server, which
+/// holds the same verifier. A verifier the server does not hold, or a server that asks for md5
+/// or a cleartext password, gets a clear refusal; a server that trusts the user lets it in.
 #[tokio::test]
 async fn scram_verifier_only_users() {
     let db = old().create_database("pa_verifier");
     let verifier = |role: &str| old().psql("postgres", &format!("SELECT rolpassword FROM pg_authid WHERE rolname = {}", quote_literal(role)));
     let (v_app, v_trust) = (verifier(APP_USER), verifier(TRUST_USER));
     assert!(v_app.starts_with("SCRAM-SHA-256$4096:"), "{v_app}");
-    let proxy = proxy::for_server(old()).no_users().user_with_verifier(APP_USER, &v_app).user_with_verifier(TRUST_USER, &v_trust).start();
+    // Verifiers of the right passwords that the server does not hold (another salt).
+    let elsewhere = |password: &str| pgcutover::auth::ScramVerifier::generate(password).unwrap().to_string();
+    let proxy = proxy::for_server(old())
+        .no_users()
+        .user_with_verifier(APP_USER, &v_app)
+        .user_with_verifier(TRUST_USER, &v_trust)
+        .user_with_verifier(MD5_USER, &elsewhere(MD5_PASSWORD))
+        .user_with_verifier(CLEAR_USER, &elsewhere(CLEAR_PASSWORD))
+        .start();
     assert!(proxy.shared.config.user(APP_USER).unwrap().password().is_none());
 
-    // Right password: the proxy accepts the client (full SCRAM with server signature checked
-    // by the raw client), then cannot log into the server.
+    // Right password: full SCRAM with the proxy (server signature checked by the raw client),
+    // then the proxy's own login to the server, without a password.
     let mut c = RawConn::connect(proxy.addr);
     c.send(&startup_packet(PROTOCOL_3_0, &[("user", APP_USER), ("database", &db)])).unwrap();
-    let (reason, seen) = c.authenticate(APP_PASSWORD).expect_err("session opened without a server password");
-    let codes: Vec<u32> = seen.iter().filter(|m| m.tag == b'R').map(|m| m.u32_at(0)).collect();
-    assert_eq!(codes, vec![10, 11, 12, 0], "client authentication must succeed first ({reason})");
-    let fatal = proxy::expect_fatal(&seen, "28000");
-    assert!(fatal[&'M'].contains("password") && fatal[&'M'].contains(APP_USER), "{fatal:?}");
-
-    let err = proxy.connect(APP_USER, APP_PASSWORD, &db).await.expect_err("session opened without a server password");
-    assert_eq!(err_code(&err), "28000");
+    c.authenticate(APP_PASSWORD).unwrap_or_else(|e| panic!("pass-through login failed: {e:?}"));
+    assert_eq!(c.query_values("SELECT current_user"), vec![APP_USER.to_string()]);
+    let client = proxy.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let who: String = client.query_one("SELECT session_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, APP_USER);
     // Wrong password: refused by the proxy itself.
     let err = proxy.connect(APP_USER, "wrong", &db).await.err().unwrap();
     assert_eq!(err_code(&err), "28P01");
+
+    // The server asks md5 (md5_user) or a cleartext password (clear_user): a SCRAM verifier
+    // cannot answer either; the error names the role and what to change.
+    for (user, password, asks) in [(MD5_USER, MD5_PASSWORD, "md5"), (CLEAR_USER, CLEAR_PASSWORD, "cleartext")] {
+        let err = proxy.connect(user, password, &db).await.expect_err("logged in without an answer for the server");
+        assert_eq!(err_code(&err), "28000", "{user}: {err:?}");
+        let message = err_message(&err);
+        assert!(message.contains(user) && message.contains(asks), "{user}: {message}");
+    }
+
+    // A verifier the server does not hold: the proxy accepts the right password, the server's
+    // salt gives the difference away, and the client gets the 28P01 of a wrong password.
+    let stale = proxy::for_server(old()).no_users().user_with_verifier(APP_USER, &elsewhere(APP_PASSWORD)).start();
+    let err = stale.connect(APP_USER, APP_PASSWORD, &db).await.expect_err("logged in with a verifier the server does not hold");
+    assert_eq!(err_code(&err), "28P01", "{err:?}");
+    assert_eq!(err_message(&err), format!("password authentication failed for user \"{APP_USER}\""));
 
     // trust_user: the server asks for nothing, so a verifier is all the proxy needs.
     let client = proxy.connect(TRUST_USER, TRUST_PASSWORD, &db).await.unwrap();
@@ -169,6 +191,7 @@ async fn scram_verifier_only_users() {
     let err = proxy.connect(TRUST_USER, "wrong", &db).await.err().unwrap();
     assert_eq!(err_code(&err), "28P01");
     proxy.assert_no_panics();
+    stale.assert_no_panics();
 }
 
 #[tokio::test]
@@ -186,7 +209,8 @@ async fn trust_mode_and_config_checks() {
     proxy.assert_no_panics();
     drop(proxy);
 
-    // md5 needs a password for every user; SCRAM needs users at all.
+    // md5 takes verifier-only users too (they do SCRAM, as pg_hba.conf's md5 does); SCRAM
+    // needs users or an auth_query.
     let base = || pgcutover::config::Overrides {
         old: Some(old().url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
         auth: Some("md5".into()),
@@ -201,8 +225,7 @@ async fn trust_mode_and_config_checks() {
         }],
         ..Default::default()
     };
-    let err = pgcutover::config::Config::from_parts(file, &base()).map(|_| ()).expect_err("md5 with a verifier-only user");
-    assert_eq!(err.key, "users");
+    pgcutover::config::Config::from_parts(file, &base()).unwrap_or_else(|e| panic!("md5 with a verifier-only user: {e}"));
     let o = pgcutover::config::Overrides { auth: Some("scram-sha-256".into()), ..base() };
     let err = pgcutover::config::Config::from_parts(Default::default(), &o).map(|_| ()).expect_err("scram without users");
     assert_eq!(err.key, "users");

@@ -8,9 +8,9 @@
 //! * Servers run as the unprivileged user `pgcutover` when the tests run as root (initdb/postgres
 //!   refuse to run as root). `scripts/install-deps.sh` provisions binaries and that user; it is run
 //!   automatically (once) if something is missing.
-//! * Authentication (host 127.0.0.1/32): `trust_user` trust, `md5_user` md5 (md5-hashed password),
-//!   `clear_user` password (cleartext), every other role scram-sha-256; replication connections
-//!   scram-sha-256; local socket connections trust.
+//! * Authentication (host 127.0.0.1/32): `trust_user` trust, `md5_user` and members of
+//!   [`MD5_GROUP`] md5 (md5-hashed password), `clear_user` password (cleartext), every other role
+//!   scram-sha-256; replication connections scram-sha-256; local socket connections trust.
 #![allow(dead_code)]
 
 use std::collections::hash_map::DefaultHasher;
@@ -50,6 +50,9 @@ pub const MD5_PASSWORD: &str = "md5-pw-a0d4";
 /// LOGIN role with `password` (cleartext) authentication.
 pub const CLEAR_USER: &str = "clear_user";
 pub const CLEAR_PASSWORD: &str = "clear-pw-9e6f";
+
+/// NOLOGIN role whose members authenticate with md5 (a test's own md5 roles join it).
+pub const MD5_GROUP: &str = "md5_group";
 
 /// The non-superuser test roles and their passwords.
 pub const TEST_ROLES: &[(&str, &str)] = &[
@@ -520,7 +523,7 @@ impl PgServer {
     }
 
     fn create_test_roles(&self) {
-        let mut sql = String::from("SET password_encryption = 'scram-sha-256';\n");
+        let mut sql = format!("CREATE ROLE {} NOLOGIN;\nSET password_encryption = 'scram-sha-256';\n", quote_ident(MD5_GROUP));
         for (role, pw) in TEST_ROLES.iter().filter(|(r, _)| *r != MD5_USER) {
             sql.push_str(&format!("CREATE ROLE {} LOGIN PASSWORD {};\n", quote_ident(role), quote_literal(pw)));
         }
@@ -1153,6 +1156,7 @@ fn write_config(data_dir: &Path, socket_dir: &Path, version: u32) {
          local   replication  all                         trust\n\
          host    all          {TRUST_USER}   127.0.0.1/32   trust\n\
          host    all          {MD5_USER}     127.0.0.1/32   md5\n\
+         host    all          +{MD5_GROUP}   127.0.0.1/32   md5\n\
          host    all          {CLEAR_USER}   127.0.0.1/32   password\n\
          host    replication  all            127.0.0.1/32   scram-sha-256\n\
          host    all          all            127.0.0.1/32   scram-sha-256\n"

@@ -32,6 +32,9 @@ pub fn for_server(server: &PgServer) -> ProxyBuilder {
     ProxyBuilder::new(server.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres"))
 }
 
+/// A change to the config file and the flags (see [`ProxyBuilder::configure`]).
+type ConfigEdit = Box<dyn FnOnce(&mut FileConfig, &mut Overrides)>;
+
 pub struct ProxyBuilder {
     old_url: String,
     auth: String,
@@ -43,6 +46,8 @@ pub struct ProxyBuilder {
     tls: Option<(PathBuf, PathBuf)>,
     require_tls: bool,
     metrics: bool,
+    /// Further changes to the file and the flags, applied last.
+    edits: Vec<ConfigEdit>,
 }
 
 fn file_user(name: &str, password: Option<&str>, verifier: Option<&str>) -> FileUser {
@@ -68,7 +73,26 @@ impl ProxyBuilder {
             tls: None,
             require_tls: false,
             metrics: true,
+            edits: Vec::new(),
         }
+    }
+
+    /// Any other setting: `f` edits the file and the flags before the config is loaded.
+    pub fn configure(mut self, f: impl FnOnce(&mut FileConfig, &mut Overrides) + 'static) -> Self {
+        self.edits.push(Box::new(f));
+        self
+    }
+
+    /// `auth_query` on the servers, as the control user (the superuser).
+    pub fn auth_query(self, sql: &str) -> Self {
+        let sql = sql.to_string();
+        self.configure(move |file, _| file.auth_query = Some(sql))
+    }
+
+    /// `server` as new (control credentials: the superuser).
+    pub fn new_server(self, server: &PgServer) -> Self {
+        let url = server.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres");
+        self.configure(move |_, flags| flags.new = Some(url))
     }
 
     /// Client authentication method: `trust`, `scram-sha-256` or `md5`.
@@ -125,7 +149,7 @@ impl ProxyBuilder {
 
     /// The `Config` this builder describes (as `pgcutover serve` would load it).
     pub fn config(self) -> Config {
-        let file = FileConfig {
+        let mut file = FileConfig {
             users: self.users,
             max_message_size: self.max_message_size,
             startup_timeout: self.startup_timeout,
@@ -133,7 +157,7 @@ impl ProxyBuilder {
             require_tls: Some(self.require_tls),
             ..Default::default()
         };
-        let overrides = Overrides {
+        let mut overrides = Overrides {
             listen: Some("127.0.0.1:0".into()),
             old: Some(self.old_url),
             auth: Some(self.auth),
@@ -143,6 +167,9 @@ impl ProxyBuilder {
             tls_key: self.tls.as_ref().map(|(_, k)| k.clone()),
             ..Default::default()
         };
+        for edit in self.edits {
+            edit(&mut file, &mut overrides);
+        }
         Config::from_parts(file, &overrides).unwrap_or_else(|e| panic!("test proxy config rejected: {e}"))
     }
 
