@@ -131,7 +131,9 @@ impl AuthQuery {
             Role::Old => &self.old,
             Role::New => self.new.as_ref().ok_or_else(|| AuthQueryError::Unavailable("no new server is configured".into()))?,
         };
-        decode(pool.query(user).await?, user)
+        let lookup = decode(pool.query(user).await?, user)?;
+        tracing::debug!(user, server = server.as_str(), ?lookup, "auth_query answered");
+        Ok(lookup)
     }
 
     fn slot(&self, user: &str) -> Slot {

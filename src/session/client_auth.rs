@@ -4,7 +4,8 @@
 //! role's ClientKey recovered from the client's SCRAM proof, or its md5 verifier.
 //!
 //! `auth = md5` follows pg_hba.conf's `md5`: SCRAM for roles whose verifier is SCRAM, md5 for
-//! the others. Every failure (wrong password, unknown role, role without LOGIN or usable
+//! the others (roles without a usable verifier: SCRAM with auth_query, as Postgres with its
+//! default password_encryption; md5 when only `[[users]]` passwords exist). Every failure (wrong password, unknown role, role without LOGIN or usable
 //! password, expired password) runs the same exchange and ends with the same 28P01 at the
 //! same step; the reason goes to the log only.
 
@@ -72,7 +73,15 @@ pub async fn authenticate(shared: &Shared, reader: &mut FrameReader<Stream>, use
                     return Err(refuse(reader, e.sqlstate(), &message).await);
                 }
             };
-            let md5 = method == AuthMethod::Md5 && !matches!(expected, Expected::Stored(StoredSecret::Scram(_)));
+            let md5 = method == AuthMethod::Md5
+                && match expected {
+                    Expected::Password { .. } | Expected::Stored(StoredSecret::Md5(_)) => true,
+                    Expected::Stored(StoredSecret::Scram(_)) => false,
+                    // Like Postgres with its default password_encryption: a role without a
+                    // usable verifier fails a SCRAM exchange, unless every role the proxy
+                    // knows has a password (then md5 for all).
+                    Expected::Nothing(_) => shared.auth_query.is_none(),
+                };
             let exchange = Exchange { shared, user, from_query };
             if md5 {
                 exchange.md5(reader, expected).await?
@@ -82,6 +91,7 @@ pub async fn authenticate(shared: &Shared, reader: &mut FrameReader<Stream>, use
         }
     };
     write(reader, &messages::authentication(messages::AUTH_OK, &[])).await?;
+    tracing::debug!(%user, server_login = ?credential, "client authenticated");
     Ok(Authenticated { credential: Arc::new(credential) })
 }
 

@@ -38,7 +38,7 @@ pub(crate) fn report_text(rows: &[cutover::ReportRow]) -> String {
 }
 
 /// Sums that must agree on a consistent pgbench database.
-fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
+pub(crate) fn pgbench_totals(server: &PgServer, db: &str) -> (i64, i64, i64, i64, i64) {
     let line = server.psql(
         db,
         "SELECT (SELECT coalesce(sum(abalance),0) FROM pgbench_accounts) || ',' || (SELECT coalesce(sum(delta),0) FROM pgbench_history) \
@@ -221,7 +221,7 @@ async fn drain_cancels_long_statements_and_rolls_back_idle_transactions() {
 
 /// A database on `old` with pgbench tables (scale 1), `extra_sql` run after the load, replicated
 /// to `new`. Returns the database and the subscription (dropped with it).
-fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql: &str) -> (String, support::Replication<'a>) {
+pub(crate) fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql: &str) -> (String, support::Replication<'a>) {
     let db = old.create_database(prefix);
     let port = old.port.to_string();
     support::pgbench(&["-i", "-q", "-s", "1", "-h", HOST, "-p", &port, "-U", SUPERUSER, &db], &[("PGPASSWORD", SUPERUSER_PASSWORD)])
@@ -237,16 +237,30 @@ fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str, extra_sql:
 /// each, at `rate` transactions per second in all (-t and -R rather than -T: a slow machine does
 /// the same work, never less).
 fn spawn_pgbench(proxy: &TestProxy, db: &str, mode: &'static str, clients: usize, transactions: u32, rate: u32) -> thread::JoinHandle<support::PgbenchResult> {
-    let (port, db) = (proxy.port().to_string(), db.to_string());
+    spawn_pgbench_as(proxy, db, (SUPERUSER, ""), mode, clients, transactions, rate)
+}
+
+/// [`spawn_pgbench`] logged in as `(user, password)`.
+pub(crate) fn spawn_pgbench_as(
+    proxy: &TestProxy,
+    db: &str,
+    (user, password): (&str, &str),
+    mode: &'static str,
+    clients: usize,
+    transactions: u32,
+    rate: u32,
+) -> thread::JoinHandle<support::PgbenchResult> {
+    let (port, db, user, password) = (proxy.port().to_string(), db.to_string(), user.to_string(), password.to_string());
     let (clients, transactions, rate) = (clients.to_string(), transactions.to_string(), rate.to_string());
     thread::spawn(move || {
-        support::pgbench(&["-h", HOST, "-p", &port, "-U", SUPERUSER, "-c", &clients, "-j", "2", "-t", &transactions, "-R", &rate, "-M", mode, "-n", &db], &[])
+        let args = ["-h", HOST, "-p", &port, "-U", &user, "-c", &clients, "-j", "2", "-t", &transactions, "-R", &rate, "-M", mode, "-n", &db];
+        support::pgbench(&args, &[("PGPASSWORD", &password)])
     })
 }
 
 /// Waits until the proxy has `sessions` sessions, or one of `benches` ended early (joining it
 /// reports why).
-fn wait_for_pgbench_clients<'a>(proxy: &TestProxy, sessions: usize, benches: impl Iterator<Item = &'a thread::JoinHandle<support::PgbenchResult>> + Clone) {
+pub(crate) fn wait_for_pgbench_clients<'a>(proxy: &TestProxy, sessions: usize, benches: impl Iterator<Item = &'a thread::JoinHandle<support::PgbenchResult>> + Clone) {
     let deadline = Instant::now() + support::PATIENCE;
     while proxy.shared.registry.len() < sessions && !benches.clone().any(|b| b.is_finished()) {
         assert!(Instant::now() < deadline, "pgbench clients did not connect: {} sessions", proxy.shared.registry.len());

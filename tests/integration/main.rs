@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod auth_passthrough;
 mod backend_tls;
 mod cutover;
 mod cutover_replay;
