@@ -23,6 +23,9 @@ use crate::config::{AuthQueryConfig, ServerConfig};
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed login re-reads an entry older than this, at most once per interval and role.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed connect, logins fail at once for this long instead of each waiting for its
+/// own connect timeout (a server that is down or unreachable).
+const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(1);
 /// Roles remembered at most (names sent by anyone included); beyond, expired entries go.
 const MAX_CACHED: usize = 10_000;
 
@@ -174,6 +177,8 @@ struct Pool {
     sql: String,
     permits: Semaphore,
     idle: Mutex<Vec<Conn>>,
+    /// When the last connect failed, and why.
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
 
 struct Conn {
@@ -183,11 +188,27 @@ struct Conn {
 
 impl Pool {
     fn new(config: &AuthQueryConfig, server: &ServerConfig) -> Self {
-        Pool { connection: config.connection(server), sql: config.query.clone(), permits: Semaphore::new(config.pool_size), idle: Mutex::new(Vec::new()) }
+        Pool {
+            connection: config.connection(server),
+            sql: config.query.clone(),
+            permits: Semaphore::new(config.pool_size),
+            idle: Mutex::new(Vec::new()),
+            last_failure: Mutex::new(None),
+        }
     }
 
     async fn connect(&self) -> Result<Conn, AuthQueryError> {
-        let client = crate::control::connect(&self.connection, &self.connection.database).await.map_err(|e| AuthQueryError::Unavailable(e.to_string()))?;
+        if let Some((_, reason)) = self.last_failure.lock().unwrap_or_else(PoisonError::into_inner).as_ref().filter(|(at, _)| at.elapsed() < RETRY_CONNECT_AFTER) {
+            return Err(AuthQueryError::Unavailable(reason.clone()));
+        }
+        let client = match crate::control::connect(&self.connection, &self.connection.database).await {
+            Ok(client) => client,
+            Err(e) => {
+                let reason = e.to_string();
+                *self.last_failure.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), reason.clone()));
+                return Err(AuthQueryError::Unavailable(reason));
+            }
+        };
         let statement = match tokio::time::timeout(QUERY_TIMEOUT, client.prepare(&self.sql)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(AuthQueryError::Failed(crate::control::ControlError::from(e).to_string())),
