@@ -23,24 +23,9 @@ SPLIT_SCALE="${SPLIT_SCALE:-10}"
 say() { echo "cpu-split: $*" >&2; }
 die() { echo "cpu-split: ERROR: $*" >&2; exit 1; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-fi
-if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
-    bash scripts/install-deps.sh
-fi
-PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-[ -x "$PGBOUNCER" ] || die "pgbouncer not found (scripts/install-deps.sh installs it)"
-if [ -z "${PGCUTOVER_BIN:-}" ]; then
-    cargo build --release --quiet || die "cargo build --release failed"
-    PGCUTOVER_BIN="$REPO/target/release/pgcutover"
-fi
-
-# shellcheck source=scripts/pg-local.sh
-. "$REPO/scripts/pg-local.sh"
-pgl_init
-cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
-CLK_TCK="$(getconf CLK_TCK)"
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+bench_init pgbouncer
 
 pgl_start pg 15
 pgl_pgbench pg postgres -i -q -s "$SPLIT_SCALE" >"$PGL_ROOT/init.log" 2>&1 || die "pgbench -i failed"
@@ -48,34 +33,14 @@ pgl_pgbench pg postgres -i -q -s "$SPLIT_SCALE" >"$PGL_ROOT/init.log" 2>&1 || di
 CUT_PORT="$(pgl_free_port)"
 workers=()
 if [ -n "${SPLIT_WORKERS:-}" ]; then workers=(--workers "$SPLIT_WORKERS"); fi
-PGCUTOVER_LOG=warn pgl_spawn pgcutover "$PGL_ROOT/pgcutover" serve --listen "127.0.0.1:$CUT_PORT" --old "$(pgl_url pg)" --auth trust "${workers[@]}"
+PGCUTOVER_LOG=warn pgl_spawn pgcutover "$PGCUTOVER" serve --listen "127.0.0.1:$CUT_PORT" --old "$(pgl_url pg)" --auth trust "${workers[@]}"
 CUT_PID="$PGL_SPAWNED_PID"
 pgl_wait_port "$CUT_PORT" 30 || die "pgcutover did not start"
 
-BOUNCER_PORT="$(pgl_free_port)"
-dir="$PGL_ROOT/pgbouncer"
-mkdir -p "$dir"
-printf '"postgres" ""\n' >"$dir/userlist.txt"
-cat >"$dir/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$PGL_PORT_pg dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 100
-ignore_startup_parameters = extra_float_digits
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-EOF
-if pgl_is_root; then chown -R "$PGL_RUN_USER:" "$dir"; fi
-pgl_spawn pgbouncer "${PGL_RUNAS[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini"
-pgl_wait_port "$BOUNCER_PORT" 30 || die "pgbouncer did not start"
-BOUNCER_PID="$(cat "$dir/pgbouncer.pid")"
+bench_pgbouncer pgbouncer "host=127.0.0.1 port=$PGL_PORT_pg dbname=postgres user=postgres" "auth_type = trust" "pool_mode = session" \
+    "max_client_conn = 200" "default_pool_size = 100"
+BOUNCER_PORT="$PROXY_PORT"
+BOUNCER_PID="$PROXY_PID"
 
 # run NAME PORT PID: one pgbench run; prints "NAME tx user_us sys_us" per transaction.
 run() {

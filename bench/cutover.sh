@@ -43,25 +43,9 @@ die() { echo "cutover-bench: ERROR: $*" >&2; exit 1; }
 
 [ "$CUTOVER_AT" -lt "$CUTOVER_SECONDS" ] || die "CUTOVER_AT ($CUTOVER_AT) must be less than CUTOVER_SECONDS ($CUTOVER_SECONDS)"
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-fi
-if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
-    say "scripts/install-deps.sh"
-    bash scripts/install-deps.sh
-fi
-if [ -z "${PGCUTOVER_BIN:-}" ]; then
-    say "cargo build --release"
-    cargo build --release --quiet || die "cargo build --release failed"
-    PGCUTOVER_BIN="$REPO/target/release/pgcutover"
-fi
-[ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
-
-# shellcheck source=scripts/pg-local.sh
-. "$REPO/scripts/pg-local.sh"
-pgl_init
-cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
-PGCUTOVER="$PGL_ROOT/pgcutover"
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+bench_init
 if [ -n "${CUTOVER_KEEP_LOGS:-}" ]; then mkdir -p "$CUTOVER_KEEP_LOGS"; fi
 
 now() { date +%s.%N; }

@@ -45,28 +45,9 @@ ROLE_PASSWORD=bench-login-pw
 say() { echo "logins-bench: $*" >&2; }
 die() { echo "logins-bench: ERROR: $*" >&2; exit 1; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-fi
-if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
-    say "scripts/install-deps.sh"
-    bash scripts/install-deps.sh
-fi
-PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-[ -x "$PGBOUNCER" ] || die "pgbouncer not found (scripts/install-deps.sh installs it)"
-if [ -z "${PGCUTOVER_BIN:-}" ]; then
-    say "cargo build --release"
-    cargo build --release --quiet || die "cargo build --release failed"
-    PGCUTOVER_BIN="$REPO/target/release/pgcutover"
-fi
-[ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
-
-# shellcheck source=scripts/pg-local.sh
-. "$REPO/scripts/pg-local.sh"
-pgl_init
-cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
-PGCUTOVER="$PGL_ROOT/pgcutover"
-CLK_TCK="$(getconf CLK_TCK)"
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+bench_init pgbouncer
 
 # A client tool logged in with a password (pgl_client drops PGPASSWORD on purpose).
 client_as() {
@@ -101,39 +82,11 @@ start_pgcutover() { # -> PROXY_PORT, PROXY_PID
 }
 
 start_pgbouncer() { # NAME [ini lines...] -> PROXY_PORT, PROXY_PID
-    local name="$1" dir="$PGL_ROOT/$1"; shift
-    PROXY_PORT="$(pgl_free_port)"
-    mkdir -p "$dir"
-    # Only the auth user; every other role comes from the auth_query.
-    printf '"postgres" ""\n' >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PROXY_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $dir/userlist.txt
-auth_user = postgres
-auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=\$1
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 100
-server_tls_sslmode = disable
-ignore_startup_parameters = extra_float_digits
-log_connections = 0
-log_disconnections = 0
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-EOF
-    local line
-    for line in "$@"; do echo "$line" >>"$dir/pgbouncer.ini"; done
-    if pgl_is_root; then chown -R "$PGL_RUN_USER:" "$dir"; fi
-    pgl_spawn "$name" "${PGL_RUNAS[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini"
-    PROXY_PID="$PGL_SPAWNED_PID"
-    pgl_wait_port "$PROXY_PORT" 30 || die "$name did not start: $(tail -n 20 "$dir/pgbouncer.log" "$PGL_ROOT/$name.log" 2>/dev/null)"
+    # No user in the database line: each client's own role, its secret from the auth_query
+    # (run as postgres, the only entry of userlist.txt).
+    bench_pgbouncer "$1" "host=127.0.0.1 port=$PG_PORT dbname=postgres" "auth_type = scram-sha-256" "auth_user = postgres" \
+        'auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1' "pool_mode = session" \
+        "max_client_conn = 200" "default_pool_size = 100" "${@:2}"
 }
 
 declare -A PORT PID
@@ -171,11 +124,9 @@ for round in $(seq 1 "$LOGINS_ROUNDS"); do
         fi
         after=0
         [ -z "$pid" ] || after="$(pgl_cpu_ticks "$pid")"
-        tps="$(awk -F'[ =]+' '/^tps = / { print $2; exit }' "$log")"
-        tx="$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$log")"
-        failed="$(awk -F': *' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$log")"
-        if [ -z "$tps" ] || [ -z "$tx" ]; then cat "$log" >&2; die "cannot parse pgbench output"; fi
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$round" "$tps" "$tx" "${failed:-0}" "$((after - before))" \
+        result="$(bench_pgbench_result "$log")"
+        read -r tps tx failed <<<"$result"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$round" "$tps" "$tx" "$failed" "$((after - before))" \
             "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
         say "[round $round] via $target: $tps logins/s, $tx logins, cpu $((after - before)) ticks"
     done

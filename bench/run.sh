@@ -50,31 +50,9 @@ BENCH_WORKERS="${BENCH_WORKERS:-}"
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-fi
-
-if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
-    say "scripts/install-deps.sh"
-    bash scripts/install-deps.sh
-fi
-PGBOUNCER="$(command -v pgbouncer || echo /usr/sbin/pgbouncer)"
-[ -x "$PGBOUNCER" ] || die "pgbouncer not found (scripts/install-deps.sh installs it)"
-
-if [ -z "${PGCUTOVER_BIN:-}" ]; then
-    say "cargo build --release"
-    cargo build --release --quiet || die "cargo build --release failed"
-    PGCUTOVER_BIN="$REPO/target/release/pgcutover"
-fi
-[ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
-
-# shellcheck source=scripts/pg-local.sh
-. "$REPO/scripts/pg-local.sh"
-pgl_init
-# A private copy: a concurrent rebuild cannot swap the binary between runs.
-cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
-PGCUTOVER="$PGL_ROOT/pgcutover"
-CLK_TCK="$(getconf CLK_TCK)"
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+bench_init pgbouncer
 
 pgl_start pg 15
 say "pgbench -i -s $BENCH_SCALE"
@@ -95,36 +73,9 @@ start_pgcutover() { # NAME -> sets PROXY_PORT, PROXY_PID
 }
 
 start_pgbouncer() { # NAME -> sets PROXY_PORT, PROXY_PID
-    local name="$1" dir="$PGL_ROOT/$1"
-    PROXY_PORT="$(pgl_free_port)"
-    mkdir -p "$dir"
-    printf '"postgres" ""\n' >"$dir/userlist.txt"
-    cat >"$dir/pgbouncer.ini" <<EOF
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PROXY_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $dir/userlist.txt
-pool_mode = session
-; 64 benchmark clients, or $BENCH_IDLE_SESSIONS idle sessions each holding a server connection
-max_client_conn = $((BENCH_IDLE_SESSIONS + 200))
-default_pool_size = $((BENCH_IDLE_SESSIONS + 100))
-max_db_connections = 0
-server_tls_sslmode = disable
-ignore_startup_parameters = extra_float_digits
-log_connections = 0
-log_disconnections = 0
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-EOF
-    if pgl_is_root; then chown -R "$PGL_RUN_USER:" "$dir"; fi
-    pgl_spawn "$name" "${PGL_RUNAS[@]}" "$PGBOUNCER" "$dir/pgbouncer.ini"
-    PROXY_PID="$PGL_SPAWNED_PID"
-    pgl_wait_port "$PROXY_PORT" 30 || die "pgbouncer did not start: $(tail -n 20 "$dir/pgbouncer.log" "$PGL_ROOT/$name.log" 2>/dev/null)"
+    # $BENCH_IDLE_SESSIONS idle sessions or 64 benchmark clients, each with a server connection.
+    bench_pgbouncer "$1" "host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres" "auth_type = trust" "pool_mode = session" \
+        "max_client_conn = $((BENCH_IDLE_SESSIONS + 200))" "default_pool_size = $((BENCH_IDLE_SESSIONS + 100))" "max_db_connections = 0"
 }
 
 declare -A PORT PID
@@ -173,12 +124,10 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
                     fi
                     after=0
                     [ -z "$pid" ] || after="$(pgl_cpu_ticks "$pid")"
-                    tps="$(awk -F'[ =]+' '/^tps = / { print $2; exit }' "$log")"
-                    tx="$(awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$log")"
-                    failed="$(awk -F': *' '/^number of failed transactions/ { split($2, a, " "); print a[1]; exit }' "$log")"
-                    if [ -z "$tps" ] || [ -z "$tx" ]; then cat "$log" >&2; die "cannot parse pgbench output"; fi
+                    result="$(bench_pgbench_result "$log")"
+                    read -r tps tx failed <<<"$result"
                     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$proto" "$clients" "$target" "$round" \
-                        "$tps" "$tx" "${failed:-0}" "$((after - before))" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
+                        "$tps" "$tx" "$failed" "$((after - before))" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
                     say "[$n/$runs] $mode -M $proto -c $clients via $target: $tps tps, $tx tx, cpu $((after - before)) ticks"
                 done
             done
