@@ -13,7 +13,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::auth::{md5_response_from_password, md5_stored, md5_verify, ScramClient, ScramServer, ScramVerifier};
+use crate::auth::{
+    md5_response_from_password, md5_stored, md5_verify, ScramClient, ScramServer, ScramVerifier, StoredSecret, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use crate::protocol::messages::{error_response, frame, parameter_status, parse_data_row, parse_error_fields, parse_parameter_status, Severity};
 use crate::protocol::startup::{parse_startup, StartupError, StartupPacket, CANCEL_REQUEST, PROTOCOL_3_0};
 use crate::protocol::{FrameIter, FrameReader, ProtocolError};
@@ -318,6 +320,51 @@ proptest! {
         // Whatever the first message was, the exchange cannot be completed without the proof.
         prop_assert!(server.client_final(b"c=biws,r=x,p=AAAA").is_err());
         prop_assert!(server.client_key().is_none());
+        // Over TLS (channel binding offered), with either mechanism the client may name.
+        for mechanism in [SCRAM_SHA_256, SCRAM_SHA_256_PLUS] {
+            let mut server = ScramServer::with_channel_binding(cheap_verifier("pw"), Some(vec![7; 32]));
+            if let Ok(first) = server.client_first_for(mechanism.as_bytes(), &data) {
+                prop_assert!(first.starts_with(b"r="));
+            }
+            prop_assert!(server.client_final(b"c=biws,r=x,p=AAAA").is_err());
+            prop_assert!(server.client_key().is_none());
+        }
+    }
+
+    #[test]
+    fn pass_through_client_takes_any_server_bytes(data in vec(any::<u8>(), 0..200)) {
+        // A ClientKey from a real exchange, then arbitrary server-first / server-final bytes.
+        let verifier = cheap_verifier("pw");
+        let mut front = ScramServer::new(verifier.clone());
+        let mut password_client = ScramClient::new("pw").expect("client");
+        let server_first = front.client_first(&password_client.client_first()).expect("client-first");
+        front.client_final(&password_client.server_first(&server_first).expect("server-first")).expect("right password");
+        let key = front.client_key().expect("client key");
+        let mut client = ScramClient::with_client_key(key.clone(), verifier.clone());
+        let _ = client.server_first(&data);
+        let _ = client.server_final(&data);
+        // A server-first that extends the nonce with arbitrary salt bytes: only the verifier's
+        // own salt and iteration count are answered.
+        let mut client = ScramClient::with_client_key(key, verifier.clone());
+        let nonce = client.client_first()[b"n,,n=,r=".len()..].to_vec();
+        let server_first = [b"r=".as_slice(), &nonce, b"x,s=", &data, b",i=1"].concat();
+        if client.server_first(&server_first).is_ok() {
+            use base64::Engine as _;
+            let salt = base64::engine::general_purpose::STANDARD.decode(&data).ok();
+            prop_assert_eq!(salt.as_deref(), Some(verifier.salt()));
+            prop_assert!(client.server_final(&data).is_err());
+        }
+    }
+
+    #[test]
+    fn stored_secrets_and_certificates_take_any_bytes(data in vec(any::<u8>(), 0..200)) {
+        let text = String::from_utf8_lossy(&data);
+        let _ = StoredSecret::parse(&text);
+        let _ = StoredSecret::parse(&format!("md5{text}"));
+        let _ = StoredSecret::parse(&format!("SCRAM-SHA-256${text}"));
+        if let Some(hash) = crate::auth::channel_binding::tls_server_end_point(&data) {
+            prop_assert!([32, 48, 64].contains(&hash.len()));
+        }
     }
 
     #[test]
