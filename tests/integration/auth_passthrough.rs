@@ -389,8 +389,8 @@ async fn auth_query_failures_are_errors_and_the_least_privilege_setup_works() {
     }
 }
 
-/// Over TLS the proxy offers SCRAM-SHA-256-PLUS: psql with channel_binding=require logs in
-/// (libpq checks the binding to the proxy's certificate), and cannot without TLS.
+/// Over TLS the proxy offers SCRAM-SHA-256-PLUS: psql and tokio-postgres with channel binding
+/// required log in (they check the binding to the proxy's certificate); without TLS they cannot.
 #[test]
 fn channel_binding_over_tls() {
     let db = old().create_database("ap_cbind");
@@ -408,6 +408,18 @@ fn channel_binding_over_tls() {
     let plain = psql_conninfo(&conninfo("sslmode=disable channel_binding=require"), &role.password, "SELECT 1").expect_err("channel binding without TLS");
     assert!(plain.contains("channel binding"), "{plain}");
     assert_eq!(psql_conninfo(&conninfo("sslmode=require channel_binding=disable"), &role.password, "SELECT 1").as_deref(), Ok("1"));
+
+    // tokio-postgres over rustls, channel binding required too.
+    let tls = pgcutover::tls::client_config(pgcutover::config::SslMode::Require, None).unwrap().expect("a TLS client config");
+    let mut config = proxy.pg_config(&role.name, &role.password, &db);
+    config.ssl_mode(tokio_postgres::config::SslMode::Require).channel_binding(tokio_postgres::config::ChannelBinding::Require);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let user: String = runtime.block_on(async {
+        let (client, connection) = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone())).await.unwrap_or_else(|e| panic!("{e:?}"));
+        tokio::spawn(connection);
+        client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0)
+    });
+    assert_eq!(user, role.name);
     proxy.assert_no_panics();
 }
 
