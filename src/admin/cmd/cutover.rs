@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::show_cutover::report;
+use super::lex::{self, Token};
 use super::{cutover_error, run_detached};
 use crate::admin::reply::{AdminError, CommandResult};
 use crate::config::{parse_duration, IdleInTransaction};
@@ -58,20 +59,26 @@ impl Cutover {
     }
 }
 
-/// (lower-case key, value) pairs.
+/// (lower-case key, value) pairs from `key=value`, `key = value`, `key='value'`, with optional
+/// separating commas. A quoted value is taken whole (`;` and spaces included) and then checked
+/// like any other.
 fn options(args: &[&str]) -> Result<Vec<(String, String)>, AdminError> {
-    // Glue `key = value` and `key =value` into `key=value` before splitting.
-    let text = args.join(" ").replace(',', " ");
-    let glued = text.split_whitespace().collect::<Vec<_>>().join(" ").replace(" =", "=").replace("= ", "=");
-    glued
-        .split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() && !value.is_empty() => {
-                Ok((key.to_ascii_lowercase(), value.trim_matches(|c| c == '\'' || c == '"').to_string()))
+    let tokens = lex::tokens(&args.join(" "))?;
+    let mut pairs = Vec::new();
+    let mut rest = tokens.as_slice();
+    while !rest.is_empty() {
+        match rest {
+            [Token::Word(key), Token::Equals, Token::Word(value) | Token::Quoted(value), tail @ ..] => {
+                pairs.push((key.to_ascii_lowercase(), value.clone()));
+                rest = tail.strip_prefix(&[Token::Comma]).unwrap_or(tail);
             }
-            _ => Err(AdminError::syntax(format!("CUTOVER: expected option=value, got \"{pair}\"; valid options: {VALID_OPTIONS}"))),
-        })
-        .collect()
+            _ => {
+                let shown: Vec<String> = rest.iter().take(3).map(Token::shown).collect();
+                return Err(AdminError::syntax(format!("CUTOVER: expected option=value, got \"{}\"; valid options: {VALID_OPTIONS}", shown.join(""))));
+            }
+        }
+    }
+    Ok(pairs)
 }
 
 fn duration(key: &str, value: &str) -> Result<Duration, AdminError> {
@@ -122,8 +129,21 @@ mod tests {
         let e = parse("speed=fast").expect_err("error");
         assert_eq!(e.sqlstate, "42601");
         assert!(e.message.contains("drain_timeout") && e.message.contains("fence_old"), "{}", e.message);
-        for bad in ["drain_timeout=2", "fence_old=maybe", "idle_in_transaction=wait", "drain_timeout", "fence_old=true fence_old=false"] {
+        for bad in ["drain_timeout=2", "fence_old=maybe", "idle_in_transaction=wait", "drain_timeout", "fence_old=true fence_old=false", "=2s", "drain_timeout=", ","] {
             assert_eq!(parse(bad).err().map(|e| e.sqlstate), Some("42601"), "{bad}");
         }
+    }
+
+    #[test]
+    fn quoted_values_are_taken_whole_and_checked() {
+        let e = super::super::Command::parse("CUTOVER drain_timeout='1s; DROP TABLE x'").expect_err("a quoted ; is no separator");
+        assert_eq!(e.sqlstate, "42601");
+        assert!(e.message.contains("drain_timeout=\"1s; DROP TABLE x\" is not a duration"), "{}", e.message);
+        let e = super::super::Command::parse("CUTOVER drain_timeout='1s").expect_err("unterminated");
+        assert!(e.message.contains("unterminated"), "{}", e.message);
+        let c = parse("idle_in_transaction = \"abort\", drain_timeout='750ms'").expect("parses");
+        assert_eq!((c.idle_in_transaction, c.drain_timeout), (Some(IdleInTransaction::Abort), Some(Duration::from_millis(750))));
+        let e = parse("fence_old='tr ue'").expect_err("space inside");
+        assert!(e.message.contains("\"tr ue\""), "{}", e.message);
     }
 }

@@ -1,12 +1,13 @@
 //! Console commands: each file parses one command's arguments and applies it.
 //!
 //! A query may hold several commands separated by `;`; keywords are case-insensitive and
-//! `--` comments are ignored.
+//! `--` comments are ignored; quotes (`'...'`, `"..."`) hide both (see [`lex`]).
 
 mod abort;
 mod check;
 mod cutover;
 mod help;
+mod lex;
 mod pause;
 mod resume;
 mod show_cutover;
@@ -23,6 +24,7 @@ pub use abort::Abort;
 pub use check::Check;
 pub use cutover::Cutover;
 pub use help::Help;
+pub use lex::split_statements;
 pub use pause::Pause;
 pub use resume::Resume;
 pub use show_cutover::ShowCutover;
@@ -66,7 +68,8 @@ pub enum Command {
 impl Command {
     /// Parses one statement (no `;`).
     pub fn parse(statement: &str) -> Result<Command, AdminError> {
-        let words: Vec<&str> = statement.split_whitespace().collect();
+        let words = lex::words(statement)?;
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let Some((first, rest)) = words.split_first() else {
             return Err(unknown(statement));
         };
@@ -119,12 +122,6 @@ impl Command {
     }
 }
 
-/// Splits a simple query into statements: drops `--` comments and empty statements.
-pub fn split_statements(query: &str) -> Vec<String> {
-    let without_comments: String = query.lines().map(|line| line.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
-    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-}
-
 fn unknown(statement: &str) -> AdminError {
     let shown: String = statement.chars().take(80).collect();
     AdminError::syntax(format!("unknown command \"{shown}\"; commands: {}", command_list()))
@@ -173,14 +170,6 @@ mod tests {
         }
         let e = Command::parse("SHOW STATUS now").expect_err("error");
         assert!(e.message.contains("takes no arguments"), "{}", e.message);
-    }
-
-    #[test]
-    fn statements_split_on_semicolons() {
-        assert_eq!(split_statements("SHOW STATUS;"), vec!["SHOW STATUS"]);
-        assert_eq!(split_statements(" show status ; check ;; "), vec!["show status", "check"]);
-        assert_eq!(split_statements("-- just a comment\nCHECK -- trailing"), vec!["CHECK"]);
-        assert!(split_statements(" ; ").is_empty());
     }
 
     #[test]
