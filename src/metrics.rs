@@ -118,7 +118,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
                 return;
             }
             let head = String::from_utf8_lossy(&request);
-            let (status, body) = if head.starts_with("GET /metrics") {
+            let (status, body) = if asks_for_metrics(&head) {
                 for session in shared.registry.all() {
                     shared.metrics.collect(&session.traffic);
                 }
@@ -135,6 +135,43 @@ pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
     }
 }
 
+/// Whether a request head is `GET /metrics` (a query string allowed): exactly that path, not
+/// `/metricsXYZ` or `/metrics/../x`.
+fn asks_for_metrics(head: &str) -> bool {
+    let mut request_line = head.lines().next().unwrap_or("").split(' ');
+    let (Some("GET"), Some(target), Some(version)) = (request_line.next(), request_line.next(), request_line.next()) else {
+        return false;
+    };
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    path == "/metrics" && version.starts_with("HTTP/") && request_line.next().is_none()
+}
+
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::asks_for_metrics;
+
+    #[test]
+    fn only_the_exact_metrics_path_is_served() {
+        for ok in ["GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "GET /metrics?name[]=x HTTP/1.0\r\n\r\n", "GET /metrics? HTTP/1.1\r\n"] {
+            assert!(asks_for_metrics(ok), "{ok:?}");
+        }
+        for bad in [
+            "GET /metricsXYZ HTTP/1.1\r\n",
+            "GET /metrics/../.. HTTP/1.1\r\n",
+            "GET /metrics/ HTTP/1.1\r\n",
+            "GET /metrics#x HTTP/1.1\r\n",
+            "POST /metrics HTTP/1.1\r\n",
+            "GET  /metrics HTTP/1.1\r\n",
+            "GET /metrics\r\n",
+            "GET /metrics HTTP/1.1 extra\r\n",
+            "get /metrics HTTP/1.1\r\n",
+            "",
+        ] {
+            assert!(!asks_for_metrics(bad), "{bad:?}");
+        }
+    }
 }
