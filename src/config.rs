@@ -30,8 +30,10 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     pub auth: Option<String>,
     pub max_clients: Option<usize>,
+    pub max_startup_connections: Option<usize>,
     pub workers: Option<usize>,
     pub max_message_size: Option<usize>,
+    pub startup_packet_timeout: Option<String>,
     pub startup_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -283,10 +285,16 @@ pub struct Config {
     pub admin_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub auth: AuthMethod,
+    /// Authenticated client sessions at once.
     pub max_clients: usize,
+    /// Connections still in startup (not yet authenticated) at once.
+    pub max_startup_connections: usize,
     /// Runtime worker threads.
     pub workers: usize,
     pub max_message_size: usize,
+    /// From accept to the StartupMessage (TLS negotiation included).
+    pub startup_packet_timeout: Duration,
+    /// From accept to the end of authentication and the server login.
     pub startup_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
@@ -399,6 +407,10 @@ impl Config {
         if max_clients == 0 {
             return Err(invalid("max_clients", "must be at least 1"));
         }
+        let max_startup_connections = file.max_startup_connections.unwrap_or(1000);
+        if max_startup_connections == 0 {
+            return Err(invalid("max_startup_connections", "must be at least 1"));
+        }
         let workers = o.workers.or(file.workers).unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
         if !(1..=1024).contains(&workers) {
             return Err(invalid("workers", "must be between 1 and 1024"));
@@ -436,8 +448,10 @@ impl Config {
             metrics_listen,
             auth,
             max_clients,
+            max_startup_connections,
             workers,
             max_message_size,
+            startup_packet_timeout: opt_duration("startup_packet_timeout", file.startup_packet_timeout)?.unwrap_or(Duration::from_secs(10)),
             startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(60)),
             shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),
             tls_cert,
@@ -706,6 +720,14 @@ mod tests {
             let err = PgUrl::parse(bad).unwrap_err();
             assert!(!err.contains("pw") && !err.contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml"));
+        let c = Config::load(Some(path), &Overrides::default()).expect("proxy.toml loads");
+        assert_eq!((c.max_clients, c.max_startup_connections), (10_000, 1000));
+        assert_eq!((c.startup_packet_timeout, c.startup_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
     }
 
     #[test]

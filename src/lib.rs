@@ -11,6 +11,8 @@ pub mod control;
 pub mod cutover;
 #[cfg(test)]
 mod fuzz;
+pub mod fdlimit;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod net;

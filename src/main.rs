@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pgcutover::config::{Config, Overrides};
+use pgcutover::fdlimit;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -53,7 +54,7 @@ struct ServeArgs {
     /// check clients of roles not in [[users]] and log in as them without their password.
     #[arg(long)]
     auth_query: Option<String>,
-    /// Maximum client connections; more get FATAL 53300.
+    /// Maximum authenticated client sessions; more get FATAL 53300.
     #[arg(long)]
     max_clients: Option<usize>,
     /// Worker threads (default: one per CPU).
@@ -127,6 +128,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match fdlimit::raise_to_hard() {
+        Ok(limit) => tracing::debug!(open_files_limit = limit, "open-file limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    fdlimit::warn_if_short(config.max_clients, config.max_startup_connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

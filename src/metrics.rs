@@ -28,6 +28,7 @@ impl Traffic {
 pub struct Metrics {
     registry: Registry,
     pub clients: IntGauge,
+    pub startup_connections: IntGauge,
     pub server_connections: IntGaugeVec,
     pub transactions: IntCounter,
     pub queries: IntCounter,
@@ -61,6 +62,10 @@ impl Metrics {
         let counter_vec = |name: &str, help: &str, labels: &[&str]| register(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("counter vec"));
         Self {
             clients: register(&r, IntGauge::new("client_connections", "Client connections open").expect("gauge")),
+            startup_connections: register(
+                &r,
+                IntGauge::new("startup_connections", "Client connections accepted and not yet authenticated (limit: max_startup_connections)").expect("gauge"),
+            ),
             server_connections: register(&r, IntGaugeVec::new(Opts::new("server_connections", "Server connections open"), &["server"]).expect("gauge vec")),
             transactions: counter("transactions_total", "Transactions forwarded (ReadyForQuery back to idle)"),
             queries: counter("queries_total", "Queries forwarded (simple Query, Execute, FunctionCall)"),
@@ -98,8 +103,16 @@ impl Metrics {
 
 /// Serves `GET /metrics` (anything else: 404) until the listener task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
+    let mut backoff = crate::listener::AcceptBackoff::new("metrics");
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else { continue };
+        let mut socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
+        backoff.succeeded();
         let shared = shared.clone();
         tokio::spawn(async move {
             // Read the whole request head: a client may send it in several segments, and
@@ -122,6 +135,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
                 for session in shared.registry.all() {
                     shared.metrics.collect(&session.traffic);
                 }
+                shared.metrics.startup_connections.set(shared.startup_slots.used() as i64);
                 ("200 OK", shared.metrics.render())
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_string())

@@ -2,17 +2,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Role, Server};
 use crate::config::Config;
 use crate::cutover::gate::Gate;
+use crate::listener::{connection_waiting, out_of_files, refuse_unread, AcceptBackoff, SpareFd};
 use crate::metrics::Metrics;
 use crate::session::registry::{Command, Registry};
+use crate::session::slots::Slots;
 
 /// Everything sessions, the console and the cutover share.
 pub struct Shared {
@@ -27,7 +29,10 @@ pub struct Shared {
     pub client_end_point: Option<Vec<u8>>,
     /// Roles' verifiers from the server, when `auth_query` is configured.
     pub auth_query: Option<Arc<crate::auth::query::AuthQuery>>,
-    pub client_slots: Arc<Semaphore>,
+    /// Authenticated sessions, against `max_clients`.
+    pub client_slots: Arc<Slots>,
+    /// Connections accepted and not yet authenticated, against `max_startup_connections`.
+    pub startup_slots: Arc<Slots>,
     /// Held while a cutover runs: only one at a time.
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub cutover: crate::cutover::Tracker,
@@ -92,7 +97,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listen_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
-        client_slots: Arc::new(Semaphore::new(config.max_clients)),
+        client_slots: Slots::new(config.max_clients),
+        startup_slots: Slots::new(config.max_startup_connections),
         config,
         old,
         new,
@@ -124,7 +130,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { listen_addr, admin_addr, metrics_addr, shared, sessions, background })
 }
 
+/// How long a refused client may take to send its startup packet before the proxy closes.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// The same while out of descriptors: the spare one is needed back soon.
+const REFUSAL_LINGER_OUT_OF_FILES: Duration = Duration::from_millis(100);
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker) {
+    let mut backoff = AcceptBackoff::new("clients");
+    let mut spare = SpareFd::reserve();
     loop {
         let accepted = tokio::select! {
             _ = shared.stop_accepting.cancelled() => return,
@@ -132,14 +145,33 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskT
         };
         match accepted {
             Ok((tcp, addr)) => {
+                backoff.succeeded();
                 let _ = tcp.set_nodelay(true);
-                let permit = shared.client_slots.clone().try_acquire_owned().ok();
-                sessions.spawn(crate::session::serve_client(shared.clone(), tcp, addr, permit));
+                // Only connections in startup count here; a session counts against max_clients
+                // once authenticated, so silent connections cannot lock clients out.
+                let Some(slot) = shared.startup_slots.try_take() else {
+                    shared.metrics.rejected_clients.with_label_values(&["too_many_startup"]).inc();
+                    tracing::info!(client = %addr, limit = shared.startup_slots.limit(), "too many connections in startup: connection refused");
+                    sessions.spawn(refuse_unread(tcp, "53300", "sorry, too many connections in startup; try again", REFUSAL_LINGER));
+                    continue;
+                };
+                sessions.spawn(crate::session::serve_client(shared.clone(), tcp, addr, slot));
+            }
+            Err(e) if out_of_files(&e) && connection_waiting(&listener) && spare.release() => {
+                // Out of descriptors: the spare one lets the waiting client in to be told so.
+                // (Only when one waits: accept fails for lack of a descriptor even with an
+                // empty backlog, and a spare given up then goes to whoever opens a file next.)
+                // The client may have given up meanwhile: do not wait for the next one here.
+                if let Ok(Ok((tcp, addr))) = tokio::time::timeout(REFUSAL_LINGER_OUT_OF_FILES, listener.accept()).await {
+                    shared.metrics.rejected_clients.with_label_values(&["out_of_files"]).inc();
+                    tracing::warn!(client = %addr, "out of file descriptors: connection refused (raise the open-file limit or lower max_clients)");
+                    refuse_unread(tcp, "53300", "sorry, too many clients already: pgcutover is out of file descriptors", REFUSAL_LINGER_OUT_OF_FILES).await;
+                }
+                spare.restore();
             }
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
+                spare.restore();
             }
         }
     }

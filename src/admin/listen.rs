@@ -5,17 +5,19 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UnixListener};
 
 use super::handler::Console;
+use crate::listener::AcceptBackoff;
 
 pub(super) async fn serve_tcp(listener: TcpListener, console: Arc<Console>) {
+    let mut backoff = AcceptBackoff::new("admin console");
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                backoff.succeeded();
                 let console = console.clone();
                 tokio::spawn(async move {
                     // No TLS on the console: it is meant for loopback or a private network.
@@ -24,15 +26,17 @@ pub(super) async fn serve_tcp(listener: TcpListener, console: Arc<Console>) {
                     }
                 });
             }
-            Err(e) => back_off(&e).await,
+            Err(e) => backoff.failed(&e).await,
         }
     }
 }
 
 pub(super) async fn serve_unix(listener: UnixListener, console: Arc<Console>) {
+    let mut backoff = AcceptBackoff::new("admin console (unix socket)");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                backoff.succeeded();
                 let console = console.clone();
                 tokio::spawn(async move {
                     if let Err(e) = pgwire::tokio::process_socket_unix(stream, console).await {
@@ -40,15 +44,9 @@ pub(super) async fn serve_unix(listener: UnixListener, console: Arc<Console>) {
                     }
                 });
             }
-            Err(e) => back_off(&e).await,
+            Err(e) => backoff.failed(&e).await,
         }
     }
-}
-
-/// Out of file descriptors and the like: wait instead of spinning.
-async fn back_off(e: &std::io::Error) {
-    tracing::warn!(error = %e, "admin console: accept failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Creates the console socket at exactly `path`, mode 0600, replacing a stale one.

@@ -67,6 +67,9 @@ pub enum BackendError {
     VerifierDiffers { role: &'static str, user: String },
     #[error("protocol error from the {role} server: {reason}")]
     Protocol { role: &'static str, reason: String },
+    /// The proxy itself has no file descriptor left for the connection.
+    #[error("could not connect to the {role} server: pgcutover is out of file descriptors")]
+    OutOfFiles { role: &'static str },
 }
 
 impl BackendError {
@@ -78,6 +81,7 @@ impl BackendError {
             BackendError::NoPassword { .. } | BackendError::Unanswerable { .. } => fatal("28000", &self.to_string()),
             BackendError::VerifierDiffers { user, .. } => fatal("28P01", &crate::auth::password_failed(user)),
             BackendError::Unreachable { .. } | BackendError::Protocol { .. } => fatal("08006", &self.to_string()),
+            BackendError::OutOfFiles { .. } => fatal("53300", &self.to_string()),
         }
     }
 
@@ -130,7 +134,7 @@ pub async fn connect(server: &Server, startup: &StartupMessage, credential: &Ser
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address))
         .await
         .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| if crate::listener::out_of_files(&e) { BackendError::OutOfFiles { role } } else { unreachable(e.to_string()) })?;
     let _ = tcp.set_nodelay(true);
     let stream = negotiate_tls(tcp, server).await.map_err(|e| unreachable(e.to_string()))?;
     let (read, mut writer) = stream.split();

@@ -31,6 +31,8 @@ pub enum HandshakeError {
     Tls(std::io::Error),
     #[error("{0}")]
     Refused(String),
+    #[error("no startup packet within startup_packet_timeout")]
+    NoStartupPacket,
 }
 
 /// Sends a FATAL and returns the matching error for the log.
@@ -50,7 +52,7 @@ fn pre_auth_limit(shared: &Shared) -> usize {
     shared.config.max_message_size.min(PRE_AUTH_MAX_MESSAGE)
 }
 
-pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> Result<Handshake, HandshakeError> {
+pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream) -> Result<Handshake, HandshakeError> {
     let mut reader = FrameReader::new(Stream::Plain(tcp), pre_auth_limit(shared));
     let mut tls_done = false;
     let mut gss_done = false;
@@ -104,10 +106,6 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream, over_limit: bool) -> 
                 if shared.config.require_tls && !reader.get_mut().is_tls() {
                     shared.metrics.rejected_clients.with_label_values(&["tls_required"]).inc();
                     return Err(refuse(&mut reader, "28000", "pgcutover requires an encrypted connection (sslmode=require)").await);
-                }
-                if over_limit {
-                    shared.metrics.rejected_clients.with_label_values(&["too_many_clients"]).inc();
-                    return Err(refuse(&mut reader, "53300", "sorry, too many clients already").await);
                 }
                 if message.replication() != Replication::Off {
                     shared.metrics.rejected_clients.with_label_values(&["replication"]).inc();

@@ -6,6 +6,7 @@ pub mod outbound;
 pub mod prepared_sql;
 pub mod registry;
 pub mod relay;
+pub mod slots;
 pub mod snapshot;
 pub mod state;
 
@@ -16,30 +17,44 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::backend;
 use crate::protocol::messages;
 use crate::protocol::FrameReader;
 use crate::proxy::Shared;
-use handshake::{Handshake, HandshakeError};
+use handshake::{refuse, Handshake, HandshakeError};
 use registry::{NewSession, Park};
 use relay::{End, Relay};
+use slots::Slot;
 
-pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+/// Serves one client connection; `startup_slot` counts it among the connections in startup
+/// until it is authenticated, when it takes a slot of `max_clients` instead.
+pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr, startup_slot: Slot) {
     let started = Instant::now();
-    let over_limit = permit.is_none();
     let setup = tokio::time::timeout(shared.config.startup_timeout, async {
-        let Handshake::Startup(mut reader, startup) = handshake::startup(&shared, tcp, over_limit).await? else {
+        let Handshake::Startup(mut reader, startup) = tokio::time::timeout(shared.config.startup_packet_timeout, handshake::startup(&shared, tcp))
+            .await
+            .map_err(|_| HandshakeError::NoStartupPacket)??
+        else {
             return Ok(None);
         };
         let auth = client_auth::authenticate(&shared, &mut reader, startup.user()).await?;
-        Ok::<_, HandshakeError>(Some((reader, startup, auth)))
+        let Some(client_slot) = shared.client_slots.try_take() else {
+            shared.metrics.rejected_clients.with_label_values(&["too_many_clients"]).inc();
+            return Err(refuse(&mut reader, "53300", "sorry, too many clients already").await);
+        };
+        drop(startup_slot);
+        Ok::<_, HandshakeError>(Some((reader, startup, auth, client_slot)))
     })
     .await;
-    let (mut reader, startup, auth) = match setup {
+    let (mut reader, startup, auth, client_slot) = match setup {
         Ok(Ok(Some(ready))) => ready,
         Ok(Ok(None)) => return,
+        Ok(Err(HandshakeError::NoStartupPacket)) => {
+            tracing::info!(client = %addr, "no startup packet within startup_packet_timeout; connection closed");
+            shared.metrics.rejected_clients.with_label_values(&["startup_packet_timeout"]).inc();
+            return;
+        }
         Ok(Err(e)) => {
             tracing::info!(client = %addr, error = %e, "connection refused during startup");
             return;
@@ -74,6 +89,9 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
                 if let Some(query) = &shared.auth_query {
                     query.forget(&user);
                 }
+            }
+            if matches!(e, backend::BackendError::OutOfFiles { .. }) {
+                shared.metrics.rejected_clients.with_label_values(&["out_of_files"]).inc();
             }
             let frame = e.client_frame();
             shared.metrics.error(&messages::parse_error_fields(&frame[5..]).code);
@@ -152,5 +170,5 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         end = %how,
         "session closed"
     );
-    drop(permit);
+    drop(client_slot);
 }

@@ -9,7 +9,7 @@ use pgcutover::config::{Config, FileConfig, Overrides};
 use pgcutover::proxy::Running;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-fn config() -> Config {
+pub(crate) fn config() -> Config {
     let overrides = Overrides {
         old: Some("postgres://postgres@127.0.0.1:1/postgres".into()),
         auth: Some("trust".into()),
@@ -20,25 +20,25 @@ fn config() -> Config {
     Config::from_parts(FileConfig::default(), &overrides).expect("config")
 }
 
-async fn start(config: Config) -> Running {
+pub(crate) async fn start(config: Config) -> Running {
     pgcutover::proxy::start(config).await.expect("proxy starts")
 }
 
-fn console(running: &Running) -> tokio_postgres::Config {
+pub(crate) fn console(running: &Running) -> tokio_postgres::Config {
     let addr = running.admin_addr.expect("admin console on TCP");
     let mut c = tokio_postgres::Config::new();
     c.host(addr.ip().to_string()).port(addr.port()).user("admin").dbname("pgcutover");
     c
 }
 
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+pub(crate) async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }
 
 /// Column names and rows of the first result set.
-async fn query(client: &Client, text: &str) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), tokio_postgres::Error> {
+pub(crate) async fn query(client: &Client, text: &str) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), tokio_postgres::Error> {
     let mut columns = Vec::new();
     let mut rows = Vec::new();
     for message in client.simple_query(text).await? {
@@ -53,11 +53,11 @@ async fn query(client: &Client, text: &str) -> Result<(Vec<String>, Vec<Vec<Opti
     Ok((columns, rows))
 }
 
-fn sqlstate(e: &tokio_postgres::Error) -> String {
+pub(crate) fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
-fn message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn message(e: &tokio_postgres::Error) -> String {
     e.as_db_error().map(|db| db.message().to_string()).unwrap_or_else(|| e.to_string())
 }
 

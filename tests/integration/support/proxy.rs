@@ -40,7 +40,9 @@ pub struct ProxyBuilder {
     auth: String,
     users: Vec<FileUser>,
     max_clients: Option<usize>,
+    max_startup_connections: Option<usize>,
     max_message_size: Option<usize>,
+    startup_packet_timeout: Option<String>,
     startup_timeout: Option<String>,
     shutdown_timeout: String,
     tls: Option<(PathBuf, PathBuf)>,
@@ -67,7 +69,9 @@ impl ProxyBuilder {
             auth: "scram-sha-256".into(),
             users: TEST_ROLES.iter().map(|(u, p)| file_user(u, Some(p), None)).collect(),
             max_clients: None,
+            max_startup_connections: None,
             max_message_size: None,
+            startup_packet_timeout: None,
             startup_timeout: None,
             shutdown_timeout: "300ms".into(),
             tls: None,
@@ -126,6 +130,17 @@ impl ProxyBuilder {
         self
     }
 
+    pub fn max_startup_connections(mut self, n: usize) -> Self {
+        self.max_startup_connections = Some(n);
+        self
+    }
+
+    /// E.g. `"1s"`.
+    pub fn startup_packet_timeout(mut self, t: &str) -> Self {
+        self.startup_packet_timeout = Some(t.into());
+        self
+    }
+
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.max_message_size = Some(n);
         self
@@ -152,6 +167,8 @@ impl ProxyBuilder {
         let mut file = FileConfig {
             users: self.users,
             max_message_size: self.max_message_size,
+            max_startup_connections: self.max_startup_connections,
+            startup_packet_timeout: self.startup_packet_timeout,
             startup_timeout: self.startup_timeout,
             shutdown_timeout: Some(self.shutdown_timeout),
             require_tls: Some(self.require_tls),
