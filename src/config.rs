@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -46,6 +47,7 @@ pub struct FileConfig {
     pub auth_query_cache_ttl: Option<String>,
     pub auth_query_negative_cache_ttl: Option<String>,
     pub auth_query_pool_size: Option<usize>,
+    pub log_level: Option<String>,
     pub old: Option<FileServer>,
     pub new: Option<FileServer>,
     #[serde(default)]
@@ -95,7 +97,7 @@ pub struct FileCutover {
     pub subscriptions: Vec<FileSubscription>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FileSubscription {
     pub database: String,
@@ -141,7 +143,7 @@ impl std::str::FromStr for SslMode {
 }
 
 /// One Postgres server: where it is, and the credentials of the proxy's control connection.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct ServerConfig {
     pub name: &'static str,
     pub host: String,
@@ -178,7 +180,7 @@ impl ServerConfig {
 }
 
 /// `auth_query`: roles' verifiers looked up on the active server instead of `[[users]]`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct AuthQueryConfig {
     /// SQL with `$1` = the role name, returning (name, verifier[, valid until]).
     pub query: String,
@@ -215,6 +217,15 @@ impl AuthQueryConfig {
     }
 }
 
+/// TLS to clients, as loaded from `tls_cert` and `tls_key`.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub server: Arc<rustls::ServerConfig>,
+    /// `tls-server-end-point` data of the certificate, for SCRAM-SHA-256-PLUS; `None` when its
+    /// signature algorithm gives none.
+    pub end_point: Option<Vec<u8>>,
+}
+
 /// A client user. A password (inline or from the environment) lets the proxy log into the
 /// servers as that user too; a bare SCRAM verifier only lets clients log into the proxy.
 #[derive(Clone)]
@@ -228,6 +239,15 @@ pub struct UserConfig {
 impl UserConfig {
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
+    }
+
+    /// Whether both accept the same credential (a password's verifier is salted anew at
+    /// each load, so passwords are compared as such).
+    pub fn same_credential(&self, other: &UserConfig) -> bool {
+        match (&self.password, &other.password) {
+            (None, None) => self.verifier == other.verifier,
+            (a, b) => a == b,
+        }
     }
 }
 
@@ -249,7 +269,7 @@ pub enum UnmovablePolicy {
     Abort,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CutoverConfig {
     pub drain_timeout: Duration,
     pub catchup_timeout: Duration,
@@ -299,7 +319,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// TLS to clients, built from tls_cert and tls_key when the file was loaded.
+    pub client_tls: Option<ClientTls>,
     pub require_tls: bool,
+    /// The log filter from the file (`log_level`), checked; `PGCUTOVER_LOG` wins over it.
+    pub log_level: Option<String>,
     pub old: ServerConfig,
     pub new: Option<ServerConfig>,
     pub users: Vec<UserConfig>,
@@ -310,17 +334,15 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn user(&self, name: &str) -> Option<&UserConfig> {
-        self.users.iter().find(|u| u.name == name)
-    }
-
     pub fn load(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| invalid("--config", format!("cannot read {}: {e}", path.display())))?;
                 toml::from_str::<FileConfig>(&text).map_err(|e| {
                     let key = e.span().map(|s| key_at(&text, s.start)).unwrap_or_else(|| "file".into());
-                    invalid(&key, e.message().to_string())
+                    // The parser's message may quote the value ("invalid type: integer `123`").
+                    let message = if holds_secret(&key) { "invalid value (not shown: it may be a secret)".to_string() } else { e.message().to_string() };
+                    invalid(&key, message)
                 })?
             }
             None => FileConfig::default(),
@@ -373,9 +395,7 @@ impl Config {
             users.push(UserConfig { name: u.name, password, verifier });
         }
         let auth_query = auth_query_config(&file_auth, o.auth_query.clone(), auth)?;
-        if auth != AuthMethod::Trust && users.is_empty() && auth_query.is_none() {
-            return Err(invalid("users", format!("auth = {auth_text} needs auth_query or at least one [[users]] entry (or use --auth trust for local use)")));
-        }
+        check_users(auth, &users, auth_query.is_some())?;
         let admin = file.admin.unwrap_or_default();
         let admin_password = match (admin.password, admin.password_env) {
             (Some(p), None) => Some(p),
@@ -388,17 +408,22 @@ impl Config {
         if tls_cert.is_some() != tls_key.is_some() {
             return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
         }
-        if let (Some(cert), Some(key)) = (&tls_cert, &tls_key) {
-            // Load them now: a bad file is a configuration error naming the key, not a failure
-            // at start.
-            for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
-                std::fs::File::open(path).map_err(|e| invalid(name, format!("cannot read {}: {e}", path.display())))?;
+        let client_tls = match (&tls_cert, &tls_key) {
+            (Some(cert), Some(key)) => {
+                // Load them now: a bad file is a configuration error naming the key, not a
+                // failure at start (or at a reload).
+                for (name, path) in [("tls_cert", cert), ("tls_key", key)] {
+                    std::fs::File::open(path).map_err(|e| invalid(name, format!("cannot read {}: {e}", path.display())))?;
+                }
+                let server = crate::tls::server_config(cert, key).map_err(|e| {
+                    let text = format!("{e:#}");
+                    invalid(if text.contains("private key") { "tls_key" } else { "tls_cert" }, text)
+                })?;
+                let end_point = crate::auth::channel_binding::end_point_of_pem(cert).map_err(|e| invalid("tls_cert", format!("{e:#}")))?;
+                Some(ClientTls { server, end_point })
             }
-            crate::tls::server_config(cert, key).map_err(|e| {
-                let text = format!("{e:#}");
-                invalid(if text.contains("private key") { "tls_key" } else { "tls_cert" }, text)
-            })?;
-        }
+            _ => None,
+        };
         let require_tls = file.require_tls.unwrap_or(false);
         if require_tls && tls_cert.is_none() {
             return Err(invalid("require_tls", "needs tls_cert and tls_key"));
@@ -410,6 +435,9 @@ impl Config {
         let max_startup_connections = file.max_startup_connections.unwrap_or(1000);
         if max_startup_connections == 0 {
             return Err(invalid("max_startup_connections", "must be at least 1"));
+        }
+        if let Some(spec) = &file.log_level {
+            crate::logging::parse(spec).map_err(|e| invalid("log_level", e))?;
         }
         let workers = o.workers.or(file.workers).unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
         if !(1..=1024).contains(&workers) {
@@ -456,7 +484,9 @@ impl Config {
             shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),
             tls_cert,
             tls_key,
+            client_tls,
             require_tls,
+            log_level: file.log_level,
             old,
             new,
             users,
@@ -520,6 +550,21 @@ fn auth_query_config(file: &FileAuthQuery, flag: Option<String>, auth: AuthMetho
         negative_cache_ttl: opt_duration("auth_query_negative_cache_ttl", file.negative_cache_ttl.clone())?.unwrap_or(Duration::from_secs(5)),
         pool_size,
     }))
+}
+
+/// Checks client users against the authentication method (at load, and at a reload, where the
+/// method is the running one).
+pub fn check_users(auth: AuthMethod, users: &[UserConfig], auth_query: bool) -> Result<(), ConfigError> {
+    if auth != AuthMethod::Trust && users.is_empty() && !auth_query {
+        return Err(invalid("users", format!("auth = {} needs auth_query or at least one [[users]] entry (or use --auth trust for local use)", auth.as_str())));
+    }
+    Ok(())
+}
+
+/// Keys whose values are secrets or may hold one (a URL's password): errors never quote them.
+fn holds_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    matches!(last, "password" | "scram_verifier" | "url")
 }
 
 /// Best-effort name of the key at byte `offset` of a TOML text, for error messages, with the
@@ -728,6 +773,18 @@ mod tests {
         let c = Config::load(Some(path), &Overrides::default()).expect("proxy.toml loads");
         assert_eq!((c.max_clients, c.max_startup_connections), (10_000, 1000));
         assert_eq!((c.startup_packet_timeout, c.startup_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
+        assert_eq!(c.log_level.as_deref(), Some("info"));
+    }
+
+    #[test]
+    fn secret_values_are_not_quoted_in_errors() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bad.toml");
+        let text = "auth = \"trust\"\n[old]\nurl = \"postgres://u@h/d\"\n[[users]]\nname = \"x\"\npassword = 8675309\n";
+        std::fs::write(&path, text).expect("write");
+        let e = Config::load(Some(&path), &Overrides::default()).err().expect("a numeric password is refused");
+        assert_eq!(e.key, "users[0].password");
+        assert!(!e.to_string().contains("8675309"), "{e}");
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod net;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod session;
 pub mod tls;

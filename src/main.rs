@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pgcutover::config::{Config, Overrides};
 use pgcutover::fdlimit;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
+use pgcutover::logging::LogControl;
 
 #[derive(Parser)]
 #[command(name = "pgcutover", version, about = "Postgres proxy that moves live sessions from an old server to a new one (zero-downtime major-version cutover)")]
@@ -86,16 +85,9 @@ struct AdminArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (filter, filter_warning) = pgcutover::logging::filter(std::env::var(pgcutover::logging::LOG_ENV).ok().as_deref());
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
-        .with(filter)
-        .init();
-    if let Some(warning) = filter_warning {
-        tracing::warn!("{warning}");
-    }
+    let log = pgcutover::logging::LogControl::init();
     match cli.command {
-        Commands::Serve(args) => serve(args),
+        Commands::Serve(args) => serve(args, &log),
         Commands::Admin(args) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt.block_on(pgcutover::admin::client::run(&args.addr, &args.user, args.password.as_deref(), &args.command.join(" "))),
             Err(e) => {
@@ -106,7 +98,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
+fn serve(args: ServeArgs, log: &LogControl) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         admin_listen: args.admin_listen,
@@ -128,6 +120,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log.apply(config.log_level.as_deref());
     match fdlimit::raise_to_hard() {
         Ok(limit) => tracing::debug!(open_files_limit = limit, "open-file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -140,10 +133,21 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(run(config))
+    let code = runtime.block_on(run(config, args.config, overrides, log));
+    // After a second stop signal, what still runs is dropped rather than waited for.
+    runtime.shutdown_background();
+    code
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: Option<PathBuf>, overrides: Overrides, log: &LogControl) -> ExitCode {
+    // First of all: once handled, SIGHUP no longer ends the process (its default action).
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let running = match pgcutover::proxy::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -151,19 +155,56 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    wait_for_signal().await;
-    running.shutdown().await;
-    ExitCode::SUCCESS
+    let shared = running.shared.clone();
+    let first = loop {
+        match signals.next().await {
+            Signal::Hangup => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                pgcutover::reload::reload(&shared, path.clone(), overrides.clone(), Some(log)).await;
+            }
+            Signal::Stop(name) => break name,
+        }
+    };
+    tracing::info!("{first} received: shutting down (SIGTERM or SIGINT again exits at once)");
+    let shutdown = running.shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return ExitCode::SUCCESS,
+            signal = signals.next() => match signal {
+                Signal::Hangup => tracing::info!("SIGHUP received during shutdown: not reloading"),
+                Signal::Stop(name) => {
+                    tracing::warn!(sessions = shared.registry.len(), "{name} received again: exiting now, without waiting for sessions");
+                    return ExitCode::from(1);
+                }
+            },
+        }
+    }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+enum Signal {
+    Hangup,
+    /// SIGTERM or SIGINT.
+    Stop(&'static str),
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Hangup,
+        }
     }
 }

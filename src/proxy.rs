@@ -1,7 +1,7 @@
 //! The running proxy: shared state, the client listener, and orderly shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -9,24 +9,49 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Role, Server};
-use crate::config::Config;
+use crate::config::{Config, CutoverConfig, UserConfig};
 use crate::cutover::gate::Gate;
 use crate::listener::{connection_waiting, out_of_files, refuse_unread, AcceptBackoff, SpareFd};
 use crate::metrics::Metrics;
 use crate::session::registry::{Command, Registry};
 use crate::session::slots::Slots;
 
+/// The part of the configuration a reload (SIGHUP) replaces while sessions run. Read where it
+/// is used (a login, a TLS handshake, a cutover's start), never on the relay's hot path.
+pub struct Live {
+    pub users: Vec<UserConfig>,
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls-server-end-point` data of the certificate in `client_tls`, for SCRAM-SHA-256-PLUS.
+    pub client_end_point: Option<Vec<u8>>,
+    pub cutover: CutoverConfig,
+}
+
+impl Live {
+    pub fn from_config(config: &Config) -> Live {
+        Live {
+            users: config.users.clone(),
+            client_tls: config.client_tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.server.clone())),
+            client_end_point: config.client_tls.as_ref().and_then(|tls| tls.end_point.clone()),
+            cutover: config.cutover.clone(),
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
 /// Everything sessions, the console and the cutover share.
 pub struct Shared {
+    /// The configuration the proxy started with. Its users, TLS, cutover defaults and limits
+    /// may have been reloaded since: read those through [`Shared::live`] and the slots.
     pub config: Config,
+    live: RwLock<Arc<Live>>,
     pub old: Server,
     pub new: Option<Server>,
     pub gate: Gate,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
-    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
-    /// `tls-server-end-point` data of the proxy's certificate, for SCRAM-SHA-256-PLUS.
-    pub client_end_point: Option<Vec<u8>>,
     /// Roles' verifiers from the server, when `auth_query` is configured.
     pub auth_query: Option<Arc<crate::auth::query::AuthQuery>>,
     /// Authenticated sessions, against `max_clients`.
@@ -43,6 +68,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The reloadable configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a reloaded configuration in force; sessions already running keep what they read.
+    pub fn replace_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
     pub fn server(&self, role: Role) -> Option<&Server> {
         match role {
             Role::Old => Some(&self.old),
@@ -65,6 +100,14 @@ impl Shared {
 
 }
 
+/// SCRAM-SHA-256-PLUS needs the certificate's `tls-server-end-point` hash (at start and after a
+/// reload read the certificate again).
+pub fn warn_if_no_end_point(config: &Config) {
+    if config.client_tls.as_ref().is_some_and(|tls| tls.end_point.is_none()) {
+        tracing::warn!("the TLS certificate's signature algorithm gives no tls-server-end-point hash: SCRAM-SHA-256-PLUS is not offered");
+    }
+}
+
 /// A started proxy: where it listens, and how to stop it.
 pub struct Running {
     pub listen_addr: SocketAddr,
@@ -76,20 +119,10 @@ pub struct Running {
 }
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let client_tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert, key)?)),
-        _ => None,
-    };
     if config.auth == crate::auth::AuthMethod::Trust && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "auth = trust on a non-loopback address: anyone who can reach it can log in");
     }
-    let client_end_point = match &config.tls_cert {
-        Some(cert) => crate::auth::channel_binding::end_point_of_pem(cert)?,
-        None => None,
-    };
-    if config.tls_cert.is_some() && client_end_point.is_none() {
-        tracing::warn!("the TLS certificate's signature algorithm gives no tls-server-end-point hash: SCRAM-SHA-256-PLUS is not offered");
-    }
+    warn_if_no_end_point(&config);
     let auth_query = config.auth_query.as_ref().map(|q| Arc::new(crate::auth::query::AuthQuery::new(q, &config.old, config.new.as_ref())));
     let old = Server::new(Role::Old, config.old.clone())?;
     let new = config.new.clone().map(|c| Server::new(Role::New, c)).transpose()?;
@@ -97,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listen_addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
+        live: RwLock::new(Arc::new(Live::from_config(&config))),
         client_slots: Slots::new(config.max_clients),
         startup_slots: Slots::new(config.max_startup_connections),
         config,
@@ -105,8 +139,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         gate: Gate::default(),
         registry: Registry::default(),
         metrics: metrics.clone(),
-        client_tls,
-        client_end_point,
         auth_query,
         cutover_lock: tokio::sync::Mutex::new(()),
         cutover: crate::cutover::Tracker::default(),

@@ -124,7 +124,9 @@ pub async fn run(shared: &Arc<Shared>, options: CutoverOptions) -> Result<Vec<Re
 }
 
 async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &mut Timeline) -> Result<(), CutoverError> {
-    let config = &shared.config.cutover;
+    // One reading for the whole cutover, even if a reload changes the defaults meanwhile.
+    let live = shared.live();
+    let config = &live.cutover;
     let drain_timeout = options.drain_timeout.unwrap_or(config.drain_timeout);
     let catchup_timeout = options.catchup_timeout.unwrap_or(config.catchup_timeout);
     let fence_old = options.fence_old.unwrap_or(config.fence_old);

@@ -25,7 +25,7 @@ fn row(check: impl Into<String>, status: &'static str, detail: impl Into<String>
 /// The databases the cutover must cover: every one a session has used, plus configured ones.
 pub fn databases_in_scope(shared: &Shared) -> Vec<String> {
     let mut dbs = shared.registry.databases_seen();
-    for s in &shared.config.cutover.subscriptions {
+    for s in &shared.live().cutover.subscriptions {
         if !dbs.contains(&s.database) {
             dbs.push(s.database.clone());
         }
@@ -99,7 +99,8 @@ async fn check_database(shared: &Arc<Shared>, db: &str, install_sentinel: bool) 
             return (rows, None);
         }
     };
-    let configured = shared.config.cutover.subscriptions.iter().find(|s| s.database == db).map(|s| s.name.as_str());
+    let live = shared.live();
+    let configured = live.cutover.subscriptions.iter().find(|s| s.database == db).map(|s| s.name.as_str());
     let subscription = match replication::find_subscription(&new, configured).await {
         Ok(s) => s,
         Err(e) => {
@@ -153,14 +154,14 @@ async fn check_database(shared: &Arc<Shared>, db: &str, install_sentinel: bool) 
     }
     match subscription.slot.as_deref() {
         Some(slot) => match replication::slot_lag(&old, slot).await {
-            Ok(Some(lag)) if lag as u64 <= shared.config.cutover.max_lag_to_start => {
+            Ok(Some(lag)) if lag as u64 <= live.cutover.max_lag_to_start => {
                 push(&mut rows, "replication lag", "ok", format!("{lag} bytes (slot {slot})"))
             }
             Ok(Some(lag)) => push(
                 &mut rows,
                 "replication lag",
                 "fail",
-                format!("{lag} bytes behind, above max_lag_to_start {}", shared.config.cutover.max_lag_to_start),
+                format!("{lag} bytes behind, above max_lag_to_start {}", live.cutover.max_lag_to_start),
             ),
             Ok(None) => push(&mut rows, "replication lag", "fail", format!("slot {slot} not found on old")),
             Err(e) => push(&mut rows, "replication lag", "fail", e.to_string()),

@@ -98,14 +98,15 @@ pub async fn authenticate(shared: &Shared, reader: &mut FrameReader<Stream>, use
 /// With trust, the proxy logs in with the `[[users]]` password, or the control password for
 /// the control user, or nothing.
 fn trusted_credential(shared: &Shared, user: &str) -> ServerCredential {
-    let configured = shared.config.user(user).and_then(|u| u.password());
+    let live = shared.live();
+    let configured = live.user(user).and_then(|u| u.password());
     let control = (shared.config.old.user == user).then_some(shared.config.old.password.as_deref()).flatten();
     configured.or(control).map_or(ServerCredential::None, ServerCredential::password)
 }
 
 /// `[[users]]` first, then the auth_query (on the server sessions run on now).
 async fn expected(shared: &Shared, user: &str) -> Result<(Expected, bool), crate::auth::query::AuthQueryError> {
-    if let Some(u) = shared.config.user(user) {
+    if let Some(u) = shared.live().user(user) {
         let expected = match u.password() {
             Some(p) => Expected::Password { password: Zeroizing::new(p.to_owned()), verifier: u.verifier.clone() },
             None => Expected::Stored(StoredSecret::Scram(u.verifier.clone())),
@@ -172,7 +173,7 @@ impl Exchange<'_> {
             Expected::Nothing(reason) => (ScramVerifier::decoy(self.user), None, Some(reason)),
         };
         // Over TLS, offer channel binding to the certificate the client saw.
-        let end_point = if reader.get_mut().is_tls() { self.shared.client_end_point.clone() } else { None };
+        let end_point = if reader.get_mut().is_tls() { self.shared.live().client_end_point.clone() } else { None };
         let mut server = ScramServer::with_channel_binding(verifier, end_point);
         write(reader, &messages::auth_sasl(server.mechanisms())).await?;
         let initial = read_password_message(reader).await?;

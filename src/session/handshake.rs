@@ -81,7 +81,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream) -> Result<Handshake, 
                 if reader.buffered() > 0 {
                     return Err(refuse(&mut reader, "08P01", "received unencrypted data after SSL request").await);
                 }
-                let Some(acceptor) = shared.client_tls.clone() else {
+                let Some(acceptor) = shared.live().client_tls.clone() else {
                     reader.get_mut().write_all(b"N").await.map_err(HandshakeError::Tls)?;
                     continue;
                 };

@@ -1,17 +1,17 @@
-//! Operations: connections in startup against the limits, running out of file descriptors,
-//! the metrics path, quoting on the console. The file-descriptor test runs the real binary
-//! (`pgcutover serve --config`).
+//! Operations: SIGHUP reloads, a second stop signal, connections in startup against the
+//! limits, running out of file descriptors, the metrics path, quoting on the console. The
+//! signal and file-descriptor tests run the real binary (`pgcutover serve --config`).
 use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::proxy::{self, expect_fatal, startup_packet, RawConn, TestProxy, PROTOCOL_3_0};
+use support::proxy::{self, expect_fatal, query_frame, startup_packet, RawConn, TestProxy, PROTOCOL_3_0};
 use support::*;
 
 // ------------------------------------------------------------------------------------------------
@@ -22,6 +22,7 @@ use support::*;
 struct Serve {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
 }
 
 impl Serve {
@@ -54,13 +55,18 @@ impl Serve {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut serve = Serve { child, log };
+        let mut serve = Serve { child, log, config: config_path.to_path_buf() };
         serve.wait_log("pgcutover ready", 0);
         serve
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Lines logged so far.
+    fn mark(&self) -> usize {
+        self.log.lock().unwrap().len()
     }
 
     fn log_text(&self) -> String {
@@ -88,11 +94,25 @@ impl Serve {
         }
     }
 
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
 
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
 
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 
     /// User plus system CPU time of the process so far (from /proc).
     fn cpu_time(&self) -> Duration {
@@ -123,11 +143,180 @@ fn old_section() -> String {
     format!("[old]\nurl = \"{}\"\nsslmode = \"disable\"\n", old().url(SUPERUSER, SUPERUSER_PASSWORD, "postgres"))
 }
 
+fn users_section(users: &[(&str, &str)]) -> String {
+    users.iter().map(|(name, password)| format!("[[users]]\nname = \"{name}\"\npassword = \"{password}\"\n")).collect()
+}
+
 /// Log in with trust (the proxy logs into the server as the superuser).
 fn trusted_login(addr: SocketAddr, db: &str) -> Result<RawConn, (String, Vec<proxy::Msg>)> {
     let mut c = RawConn::connect(addr);
     c.send(&startup_packet(PROTOCOL_3_0, &[("user", SUPERUSER), ("database", db)])).unwrap();
     c.authenticate("").map(|_| c)
+}
+
+/// A CancelRequest with a key nobody has (the proxy logs it at debug level and closes).
+fn unknown_cancel(addr: SocketAddr) {
+    let mut c = RawConn::connect(addr);
+    let mut packet = 16u32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&80_877_102u32.to_be_bytes());
+    packet.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 1, 2, 3, 4]);
+    c.send(&packet).unwrap();
+    let (_, closed) = c.read_until_closed(PATIENCE);
+    assert!(closed, "cancel connection left open");
+}
+
+/// A self-signed certificate for `localhost` with `cn` as its subject: (cert, key).
+fn certificate(dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// The subject of the certificate the proxy presents after SSLRequest.
+fn presented_subject(addr: SocketAddr) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-starttls", "postgres", "-connect", &addr.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // OpenSSL 3 writes "CN = x", older ones "CN=x".
+    let subject = text.lines().find_map(|l| l.strip_prefix("subject=")).unwrap_or_else(|| panic!("no certificate presented:\n{text}"));
+    subject.replace(' ', "")
+}
+
+// ------------------------------------------------------------------------------------------------
+// SIGHUP
+// ------------------------------------------------------------------------------------------------
+
+/// SIGHUP reloads users, log level, TLS certificate, limits and cutover defaults without
+/// touching open sessions; keys that need a restart are named; a file that does not load or
+/// does not fit changes nothing; no password reaches the log.
+#[test]
+fn sighup_reloads_what_it_can_and_keeps_sessions() {
+    let db = old().create_database("ops_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_before, key_before) = certificate(dir.path(), "before-reload");
+    let (cert_after, key_after) = certificate(dir.path(), "after-reload");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::copy(&cert_before, &cert).unwrap();
+    std::fs::copy(&key_before, &key).unwrap();
+    let listen = free_addr();
+    let head = |listen: SocketAddr, extra: &str| {
+        format!(
+            "listen = \"{listen}\"\nauth = \"scram-sha-256\"\nmax_clients = 50\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    let path = dir.path().join("proxy.toml");
+    let first = format!("{}{}{}", head(listen, ""), old_section(), users_section(&[(APP_USER, APP_PASSWORD)]));
+    let mut serve = Serve::start(&path, &first, None);
+
+    let mut session = RawConn::login(listen, APP_USER, APP_PASSWORD, &db);
+    assert_eq!(session.query_values("SELECT 'before'"), vec!["before"]);
+    let mut c = RawConn::connect(listen);
+    c.send(&startup_packet(PROTOCOL_3_0, &[("user", MD5_USER), ("database", &db)])).unwrap();
+    let (error, _) = c.authenticate(MD5_PASSWORD).expect_err("md5_user is not configured yet");
+    assert!(error.starts_with("28P01"), "{error}");
+    assert_eq!(presented_subject(listen), "CN=before-reload");
+    unknown_cancel(listen);
+
+    // Add a user, turn on debug logging, raise max_clients, change the cutover defaults, rotate
+    // the certificate; also move the listener, which needs a restart.
+    std::fs::copy(&cert_after, &cert).unwrap();
+    std::fs::copy(&key_after, &key).unwrap();
+    let second = format!(
+        "{}{}{}[cutover]\ndrain_timeout = \"7s\"\n",
+        head(free_addr(), "log_level = \"debug\"\nmax_clients = 60").replace("max_clients = 50\n", ""),
+        old_section(),
+        users_section(&[(APP_USER, APP_PASSWORD), (MD5_USER, MD5_PASSWORD)])
+    );
+    std::fs::write(&serve.config, &second).unwrap();
+    let mark = serve.mark();
+    serve.signal("HUP");
+    let (at, reloaded) = serve.wait_log("configuration reloaded", mark);
+    for part in ["users +md5_user (2 in all)", "log_level info -> debug", "max_clients 50 -> 60", "tls_cert, tls_key", "cutover"] {
+        assert!(reloaded.contains(part), "reload line lacks {part:?}: {reloaded}");
+    }
+    let (_, restart) = serve.wait_log("need a restart", mark);
+    assert!(restart.contains("listen"), "{restart}");
+    assert!(serve.exited().is_none(), "the proxy exited on SIGHUP:\n{}", serve.log_text());
+    // The unknown cancel before the reload was not logged (debug was off)...
+    assert!(!serve.log.lock().unwrap()[..at].iter().any(|l| l.contains("unknown key")), "debug line before the reload");
+    // ...and is now.
+    let mark = serve.mark();
+    unknown_cancel(listen);
+    serve.wait_log("cancel request with an unknown key ignored", mark);
+    // The open session carries on; the new user logs in; the new certificate is presented.
+    assert_eq!(session.query_values("SELECT 'after'"), vec!["after"]);
+    let mut added = RawConn::login(listen, MD5_USER, MD5_PASSWORD, &db);
+    assert_eq!(added.query_values("SELECT current_user"), vec![MD5_USER]);
+    assert_eq!(presented_subject(listen), "CN=after-reload");
+
+    // Files that do not load, or do not fit the running proxy: logged, nothing changes.
+    let broken = [
+        ("max_clients", format!("{}{}", head(listen, "max_clients = \"many\"").replace("max_clients = 50\n", ""), old_section())),
+        ("users[0].password", format!("{}{}[[users]]\nname = \"x\"\npassword = 987654321\n", head(listen, ""), old_section())),
+        ("users", format!("{}{}", head(listen, ""), old_section())),
+        ("log_level", format!("{}{}{}", head(listen, "log_level = \"loud\""), old_section(), users_section(&[(APP_USER, APP_PASSWORD)]))),
+    ];
+    for (key, text) in broken {
+        std::fs::write(&serve.config, text).unwrap();
+        let mark = serve.mark();
+        serve.signal("HUP");
+        let (_, error) = serve.wait_log("configuration not reloaded", mark);
+        assert!(error.contains("ERROR") && error.contains(&format!("key={key}")), "{key}: {error}");
+        assert!(serve.exited().is_none(), "the proxy exited on a bad reload:\n{}", serve.log_text());
+        assert_eq!(session.query_values("SELECT 'still'"), vec!["still"], "{key}");
+        let mut again = RawConn::login(listen, MD5_USER, MD5_PASSWORD, &db);
+        assert_eq!(again.query_values("SELECT 1"), vec!["1"], "{key}");
+    }
+    let log = serve.log_text();
+    for secret in [APP_PASSWORD, MD5_PASSWORD, SUPERUSER_PASSWORD, "987654321"] {
+        assert!(!log.contains(secret), "the log shows a secret:\n{log}");
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// SIGTERM twice
+// ------------------------------------------------------------------------------------------------
+
+/// The first SIGTERM waits for sessions (here up to 600 s); a second one exits at once,
+/// non-zero, saying so.
+#[test]
+fn second_sigterm_exits_at_once() {
+    let db = old().create_database("ops_sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let config = format!("listen = \"{listen}\"\nauth = \"trust\"\nshutdown_timeout = \"600s\"\n{}", old_section());
+    let mut serve = Serve::start(&dir.path().join("proxy.toml"), &config, None);
+    let mut busy = trusted_login(listen, &db).unwrap_or_else(|e| panic!("login: {e:?}"));
+    busy.send(&query_frame("SELECT pg_sleep(600)")).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while old().psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep(600)'") == "0" {
+        assert!(Instant::now() < deadline, "the sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    serve.signal("TERM");
+    serve.wait_log("shutting down", 0);
+    assert!(serve.exited().is_none(), "exited before the busy session finished or the deadline");
+    serve.signal("TERM");
+    let status = serve.wait_exit(PATIENCE).unwrap_or_else(|| panic!("still running after a second SIGTERM:\n{}", serve.log_text()));
+    assert_eq!(status.code(), Some(1), "{status}");
+    serve.wait_log("SIGTERM received again: exiting now", 0);
+    let (_, closed) = busy.read_until_closed(PATIENCE);
+    assert!(closed, "the busy session's connection stayed open");
+    old().psql(&db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
 }
 
 // ------------------------------------------------------------------------------------------------

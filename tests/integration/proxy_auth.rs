@@ -153,7 +153,7 @@ async fn scram_verifier_only_users() {
         .user_with_verifier(MD5_USER, &elsewhere(MD5_PASSWORD))
         .user_with_verifier(CLEAR_USER, &elsewhere(CLEAR_PASSWORD))
         .start();
-    assert!(proxy.shared.config.user(APP_USER).unwrap().password().is_none());
+    assert!(proxy.shared.live().user(APP_USER).unwrap().password().is_none());
 
     // Right password: full SCRAM with the proxy (server signature checked by the raw client),
     // then the proxy's own login to the server, without a password.
