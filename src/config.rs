@@ -34,6 +34,7 @@ pub struct FileConfig {
     pub max_startup_connections: Option<usize>,
     pub workers: Option<usize>,
     pub max_message_size: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
     pub startup_packet_timeout: Option<String>,
     pub startup_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
@@ -312,6 +313,8 @@ pub struct Config {
     /// Runtime worker threads.
     pub workers: usize,
     pub max_message_size: usize,
+    /// Bytes the proxy buffers for all sessions together beyond each one's small allowance.
+    pub max_buffered_bytes: usize,
     /// From accept to the StartupMessage (TLS negotiation included).
     pub startup_packet_timeout: Duration,
     /// From accept to the end of authentication and the server login.
@@ -447,6 +450,10 @@ impl Config {
         if max_message_size < 1024 {
             return Err(invalid("max_message_size", "must be at least 1024 bytes"));
         }
+        let max_buffered_bytes = file.max_buffered_bytes.unwrap_or(256 << 20);
+        if max_buffered_bytes < 1 << 20 {
+            return Err(invalid("max_buffered_bytes", "must be at least 1048576 bytes (1 MiB)"));
+        }
         let c = file.cutover.unwrap_or_default();
         let defaults = CutoverConfig::default();
         let cutover = CutoverConfig {
@@ -479,6 +486,7 @@ impl Config {
             max_startup_connections,
             workers,
             max_message_size,
+            max_buffered_bytes,
             startup_packet_timeout: opt_duration("startup_packet_timeout", file.startup_packet_timeout)?.unwrap_or(Duration::from_secs(10)),
             startup_timeout: opt_duration("startup_timeout", file.startup_timeout)?.unwrap_or(Duration::from_secs(60)),
             shutdown_timeout: opt_duration("shutdown_timeout", file.shutdown_timeout)?.unwrap_or(Duration::from_secs(10)),

@@ -18,7 +18,8 @@ use crate::auth::{
 };
 use crate::protocol::messages::{error_response, frame, parameter_status, parse_data_row, parse_error_fields, parse_parameter_status, Severity};
 use crate::protocol::startup::{parse_startup, StartupError, StartupPacket, CANCEL_REQUEST, PROTOCOL_3_0};
-use crate::protocol::{FrameIter, FrameReader, ProtocolError};
+use crate::protocol::frame::{READ_CHUNK, WHOLE_FRAME};
+use crate::protocol::{Batch, FrameIter, FrameReader, ProtocolError};
 
 /// The largest startup packet `read_startup` accepts, length field included.
 const MAX_STARTUP_PACKET: usize = 10_000;
@@ -61,8 +62,22 @@ fn read_all<T>(mut read: impl FnMut() -> Result<Option<T>, ProtocolError>) -> (V
 }
 
 fn batches(data: &[u8], sizes: &[usize], limit: usize) -> (Vec<Bytes>, Option<ProtocolError>) {
+    let (batches, error) = batches_read_by(data, sizes, limit, READ_CHUNK);
+    let bytes = batches
+        .into_iter()
+        .map(|b| {
+            assert!(b.continued == 0 && !b.open, "a small frame was streamed");
+            b.bytes
+        })
+        .collect();
+    (bytes, error)
+}
+
+/// The non-empty batches, each read taking at most `read_limit` bytes.
+fn batches_read_by(data: &[u8], sizes: &[usize], limit: usize, read_limit: usize) -> (Vec<Batch>, Option<ProtocolError>) {
     let mut reader = FrameReader::new(Chunked::new(data, sizes), limit);
-    read_all(|| futures::executor::block_on(reader.read_batch()))
+    let (batches, error) = read_all(|| futures::executor::block_on(reader.read_batch(read_limit)));
+    (batches.into_iter().filter(|b| !b.is_empty()).collect(), error)
 }
 
 fn frames(data: &[u8], sizes: &[usize], limit: usize) -> (Vec<(u8, Bytes)>, Option<ProtocolError>) {
@@ -179,8 +194,55 @@ proptest! {
         prop_assert_eq!(batches.concat(), data.clone());
         let read: Vec<(u8, Vec<u8>)> = batches.iter().flat_map(|b| whole_frames(b, 304)).collect();
         prop_assert_eq!(&read, &frames);
-        let iterated: Vec<(u8, Vec<u8>)> = batches.iter().flat_map(|b| FrameIter::new(b).map(|(t, body)| (t, body.to_vec())).collect::<Vec<_>>()).collect();
+        let iterated: Vec<(u8, Vec<u8>)> = batches.iter().flat_map(|b| FrameIter::new(b).map(|(t, body, _)| (t, body.to_vec())).collect::<Vec<_>>()).collect();
         prop_assert_eq!(iterated, frames);
+    }
+
+    #[test]
+    fn read_batch_takes_reads_of_any_limit(frames in valid_frames(300), sizes in chunk_sizes(), read_limit in 1usize..64) {
+        let data = encode(&frames);
+        let (batches, error) = batches_read_by(&data, &sizes, 304, read_limit);
+        prop_assert!(error.is_none(), "{error:?}");
+        let bytes: Vec<Bytes> = batches.into_iter().map(|b| b.bytes).collect();
+        prop_assert_eq!(bytes.concat(), data);
+        let read: Vec<(u8, Vec<u8>)> = bytes.iter().flat_map(|b| whole_frames(b, 304)).collect();
+        prop_assert_eq!(read, frames);
+    }
+
+    /// Frames over WHOLE_FRAME stream through in pieces: the batches are the input byte for
+    /// byte, each frame starts in exactly one batch (whole, or as the open head at its end),
+    /// and no batch holds more than a read's worth beyond a whole frame.
+    #[test]
+    fn large_frames_stream_byte_for_byte(
+        frames in vec((any::<u8>(), prop_oneof![0usize..100, (WHOLE_FRAME - 8)..(3 * WHOLE_FRAME)]), 0..6),
+        sizes in vec(100usize..5000, 1..4),
+        read_limit in prop_oneof![Just(READ_CHUNK), 1000usize..20_000],
+    ) {
+        let frames: Vec<(u8, Vec<u8>)> = frames.into_iter().map(|(tag, len)| (tag, vec![tag; len])).collect();
+        let data = encode(&frames);
+        let (batches, error) = batches_read_by(&data, &sizes, 1 << 20, read_limit);
+        prop_assert!(error.is_none(), "{error:?}");
+        let mut next = 0;
+        let mut streaming = false;
+        for batch in &batches {
+            prop_assert!(batch.bytes.len() <= WHOLE_FRAME + read_limit.max(READ_CHUNK));
+            prop_assert_eq!(batch.continued > 0, streaming, "a batch continues exactly after an open head");
+            streaming = batch.open;
+            for (tag, body, whole) in batch.frames() {
+                let (expected_tag, expected_body) = &frames[next];
+                next += 1;
+                prop_assert_eq!(tag, *expected_tag);
+                if whole {
+                    prop_assert_eq!(body, &expected_body[..]);
+                } else {
+                    prop_assert!(expected_body.len() + 5 > WHOLE_FRAME, "a frame of {} bytes streamed", expected_body.len() + 5);
+                    prop_assert!(expected_body.starts_with(body));
+                }
+            }
+        }
+        prop_assert!(!streaming);
+        prop_assert_eq!(next, frames.len());
+        prop_assert_eq!(batches.iter().map(|b| b.bytes.clone()).collect::<Vec<_>>().concat(), data);
     }
 
     #[test]
@@ -234,7 +296,7 @@ proptest! {
     fn frame_iter_takes_any_bytes(data in any_bytes()) {
         let mut frames = 0;
         let mut body_bytes = 0;
-        for (_, body) in FrameIter::new(&data) {
+        for (_, body, _) in FrameIter::new(&data) {
             frames += 1;
             body_bytes += body.len();
         }

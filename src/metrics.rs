@@ -40,6 +40,7 @@ pub struct Metrics {
     pub cutover_phase_seconds: prometheus::HistogramVec,
     pub cutovers: IntCounterVec,
     pub rejected_clients: IntCounterVec,
+    pub buffered_bytes: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -77,6 +78,7 @@ impl Metrics {
             cutover_phase_seconds: register(&r, prometheus::HistogramVec::new(HistogramOpts::new("cutover_phase_seconds", "Duration of each cutover phase"), &["phase"]).expect("histogram vec")),
             cutovers: counter_vec("cutovers_total", "Cutovers by outcome", &["outcome"]),
             rejected_clients: counter_vec("rejected_clients_total", "Client connections refused, by reason", &["reason"]),
+            buffered_bytes: register(&r, IntGauge::new("buffered_bytes", "Bytes sessions buffer beyond their own allowance, out of max_buffered_bytes").expect("gauge")),
             registry: r,
         }
     }
@@ -136,6 +138,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<crate::proxy::Shared>) {
                     shared.metrics.collect(&session.traffic);
                 }
                 shared.metrics.startup_connections.set(shared.startup_slots.used() as i64);
+                shared.metrics.buffered_bytes.set(shared.budget.used() as i64);
                 ("200 OK", shared.metrics.render())
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_string())

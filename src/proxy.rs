@@ -58,6 +58,8 @@ pub struct Shared {
     pub client_slots: Arc<Slots>,
     /// Connections accepted and not yet authenticated, against `max_startup_connections`.
     pub startup_slots: Arc<Slots>,
+    /// Bytes buffered for sessions beyond their own small allowance (`max_buffered_bytes`).
+    pub budget: Arc<crate::session::budget::Budget>,
     /// Held while a cutover runs: only one at a time.
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub cutover: crate::cutover::Tracker,
@@ -133,6 +135,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         live: RwLock::new(Arc::new(Live::from_config(&config))),
         client_slots: Slots::new(config.max_clients),
         startup_slots: Slots::new(config.max_startup_connections),
+        budget: crate::session::budget::Budget::new(config.max_buffered_bytes),
         config,
         old,
         new,

@@ -142,6 +142,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("auth_query", running.auth_query != new.auth_query),
         ("workers", running.workers != new.workers),
         ("max_message_size", running.max_message_size != new.max_message_size),
+        ("max_buffered_bytes", running.max_buffered_bytes != new.max_buffered_bytes),
         ("startup_packet_timeout", running.startup_packet_timeout != new.startup_packet_timeout),
         ("startup_timeout", running.startup_timeout != new.startup_timeout),
         ("shutdown_timeout", running.shutdown_timeout != new.shutdown_timeout),

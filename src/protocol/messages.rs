@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn error_response_round_trips() {
         let e = error_response(Severity::Fatal, "08P01", "bad", Some("d"), None);
-        let (tag, body) = FrameIter::new(&e).next().unwrap();
+        let (tag, body, _) = FrameIter::new(&e).next().unwrap();
         assert_eq!(tag, b'E');
         let f = parse_error_fields(body);
         assert_eq!((f.severity.as_str(), f.code.as_str(), f.message.as_str()), ("FATAL", "08P01", "bad"));

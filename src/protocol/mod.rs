@@ -5,4 +5,4 @@ pub mod frame;
 pub mod messages;
 pub mod startup;
 
-pub use frame::{FrameIter, FrameReader, ProtocolError};
+pub use frame::{Batch, FrameIter, FrameReader, ProtocolError};

@@ -14,8 +14,8 @@ use crate::protocol::FrameReader;
 use crate::proxy::Shared;
 
 pub enum Handshake {
-    /// A client ready to authenticate.
-    Startup(FrameReader<Stream>, StartupMessage),
+    /// A client ready to authenticate (the reader boxed: it is most of the enum's size).
+    Startup(Box<FrameReader<Stream>>, StartupMessage),
     /// Handled entirely (cancel request, refused client); nothing more to do.
     Done,
 }
@@ -125,7 +125,7 @@ pub async fn startup(shared: &Arc<Shared>, tcp: TcpStream) -> Result<Handshake, 
                     let nego = messages::negotiate_protocol_version(0, options);
                     reader.get_mut().write_all(&nego).await.map_err(HandshakeError::Tls)?;
                 }
-                return Ok(Handshake::Startup(reader, message));
+                return Ok(Handshake::Startup(Box::new(reader), message));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! One task per client: startup and authentication, a server connection, then the relay loop.
 
+pub mod budget;
 pub mod client_auth;
 pub mod handshake;
 pub mod outbound;
@@ -130,13 +131,16 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         shared: shared.clone(),
         handle: handle.clone(),
         commands,
-        client_rd: FrameReader::with_buffer(client_read, buffered, shared.config.max_message_size),
+        client_rd: FrameReader::with_buffer(client_read, buffered, shared.config.max_message_size).keep_whole(b'P', state::PARSE_KEPT),
         client_wr: client_write,
         state: state::ProtocolState::new(&conn.params),
         backend: conn,
         standby: None,
         to_client: Default::default(),
         to_backend: Default::default(),
+        upstream: budget::Allowance::new(shared.budget.clone()),
+        downstream: budget::Allowance::new(shared.budget.clone()),
+        swallowing: false,
         parked_since: None,
         prepared_move: false,
         standby_replayed: false,

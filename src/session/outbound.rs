@@ -119,6 +119,13 @@ impl Outbound {
         }
     }
 
+    /// Drops what is queued (its peer is gone).
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.len = 0;
+        self.unflushed = false;
+    }
+
     /// Writes everything (used when the session is about to stop or switch).
     pub async fn drain<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
         while self.pending() {

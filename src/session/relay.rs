@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::budget::Allowance;
 use super::outbound::Outbound;
 use super::registry::{Command, Park, Prepared, SessionHandle};
 use super::snapshot::{self, Snapshot};
@@ -19,7 +20,8 @@ use crate::cutover::gate::GateState;
 use crate::metrics::Traffic;
 use crate::net::{StreamReader, StreamWriter};
 use crate::protocol::messages::{self, error_response, fatal, parse_error_fields, Severity};
-use crate::protocol::{FrameIter, FrameReader};
+use crate::protocol::frame::{FrameIter, HEADER_LEN, READ_CHUNK};
+use crate::protocol::{Batch, FrameReader, ProtocolError};
 use crate::proxy::Shared;
 
 pub struct Relay {
@@ -33,6 +35,11 @@ pub struct Relay {
     pub state: ProtocolState,
     pub to_client: Outbound,
     pub to_backend: Outbound,
+    /// Memory drawn from the shared budget: client to server, server to client.
+    pub upstream: Allowance,
+    pub downstream: Allowance,
+    /// The rest of the client's frame being streamed is dropped (it was answered with 40001).
+    pub swallowing: bool,
     pub parked_since: Option<Instant>,
     /// The standby holds the session's current state: nothing changed since the replay.
     pub prepared_move: bool,
@@ -65,6 +72,17 @@ const CANCEL_REPEAT: Duration = Duration::from_millis(500);
 /// statements first).
 pub const CLOSE_TIME: Duration = Duration::from_secs(8);
 
+/// What a read from the client asks of the session loop.
+enum ClientRead {
+    /// Forwarded or queued (or dropped after a Terminate): carry on.
+    Taken,
+    /// The client sent Terminate.
+    Terminate,
+    /// The client closed the connection.
+    Gone,
+    Violation(ProtocolError),
+}
+
 /// How a session ended, for the log line.
 pub enum End {
     ClientClosed,
@@ -85,12 +103,30 @@ impl Relay {
             if let Some(end) = self.apply_gate(gate).await {
                 return end;
             }
-            if !self.probe_waiters.is_empty() && !self.client_terminated && self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none() {
+            if !self.probe_waiters.is_empty() && !self.client_terminated && self.at_boundary() && self.to_backend.is_empty() && self.parked_since.is_none() {
                 self.probe().await;
             }
-            // After a Terminate the client is read only to notice that it has gone.
-            let read_client = self.client_terminated || (self.parked_since.is_none() && !(gate.held && self.state.is_quiescent()) && self.to_backend.has_room());
-            let read_backend = self.to_client.has_room();
+            // After a Terminate the client is read only to notice that it has gone (what it
+            // sends is dropped, so it holds no memory).
+            let may_read_client =
+                self.client_terminated || (self.parked_since.is_none() && !(gate.held && self.at_boundary()) && self.to_backend.has_room());
+            let client_room = match may_read_client {
+                false => 0,
+                true if self.client_terminated => READ_CHUNK,
+                true => self.upstream.grant(self.client_rd.buffered() + self.to_backend.len()),
+            };
+            if may_read_client && client_room == 0 {
+                // No memory left to gather the client's large message whole: stream it on.
+                let partial = self.client_rd.stream_partial();
+                if !matches!(partial, Ok(None)) {
+                    let read = self.on_client_read(partial);
+                    if let Some(end) = self.after_client_read(read).await {
+                        return end;
+                    }
+                    continue;
+                }
+            }
+            let backend_room = if self.to_client.has_room() { self.downstream.grant(self.backend.reader.buffered() + self.to_client.len()) } else { 0 };
             let write_backend = self.to_backend.pending();
             let write_client = self.to_client.pending();
             tokio::select! {
@@ -100,10 +136,12 @@ impl Relay {
                         return end;
                     }
                 }
-                batch = self.backend.reader.read_batch(), if read_backend => match batch {
+                batch = self.backend.reader.read_batch(backend_room), if backend_room > 0 => match batch {
                     Ok(Some(batch)) => {
-                        self.on_backend_batch(batch);
-                        self.to_client.write_now(&self.client_wr);
+                        if !batch.is_empty() {
+                            self.on_backend_batch(batch);
+                            self.to_client.write_now(&self.client_wr);
+                        }
                     }
                     Ok(None) => return self.server_lost("the server closed the connection").await,
                     Err(e) => return self.server_lost(&e.to_string()).await,
@@ -119,52 +157,104 @@ impl Relay {
                         return End::ClientError(e.to_string());
                     }
                 }
-                batch = self.client_rd.read_batch(), if read_client => match batch {
-                    // Postgres reads nothing after a Terminate.
-                    Ok(Some(_)) if self.client_terminated => {}
-                    Ok(Some(batch)) => {
-                        if self.on_client_batch(batch) {
-                            self.terminate_standby().await;
-                            if !self.state.owes_answers() {
-                                let _ = self.to_backend.drain(&mut self.backend.writer).await;
-                                return End::ClientClosed;
-                            }
-                            self.client_terminated = true;
-                        }
-                        // Held work stays queued: only a session that may forward writes now.
-                        if self.parked_since.is_none() {
-                            self.to_backend.write_now(&self.backend.writer);
+                batch = self.client_rd.read_batch(client_room), if client_room > 0 => {
+                    let read = self.on_client_read(batch);
+                    if !matches!(read, ClientRead::Taken) {
+                        if let Some(end) = self.after_client_read(read).await {
+                            return end;
                         }
                     }
-                    Ok(None) => {
-                        self.terminate_backends().await;
-                        return End::ClientClosed;
-                    }
-                    Err(_) if self.client_terminated => {
-                        self.terminate_backends().await;
-                        return End::ClientClosed;
-                    }
-                    Err(e) => {
-                        let message = format!("protocol violation: {e}");
-                        return self.close_with(fatal("08P01", &message), &message).await;
-                    }
-                },
+                }
+            }
+        }
+    }
+
+    /// Idle at a transaction boundary, with no message half-way through the proxy.
+    fn at_boundary(&self) -> bool {
+        self.state.is_quiescent() && self.between_frames()
+    }
+
+    /// Neither peer is in the middle of a message streamed through the proxy.
+    fn between_frames(&self) -> bool {
+        !self.client_rd.in_frame() && !self.backend.reader.in_frame()
+    }
+
+    /// Takes what the client sent; the rare outcomes that end or change the session are left to
+    /// [`after_client_read`](Self::after_client_read).
+    fn on_client_read(&mut self, batch: Result<Option<Batch>, ProtocolError>) -> ClientRead {
+        match batch {
+            // Postgres reads nothing after a Terminate.
+            Ok(Some(_)) if self.client_terminated => ClientRead::Taken,
+            Ok(Some(batch)) => {
+                if batch.is_empty() {
+                    return ClientRead::Taken;
+                }
+                if self.on_client_batch(batch) {
+                    return ClientRead::Terminate;
+                }
+                // Held work stays queued: only a session that may forward writes now.
+                if self.parked_since.is_none() {
+                    self.to_backend.write_now(&self.backend.writer);
+                }
+                ClientRead::Taken
+            }
+            Ok(None) => ClientRead::Gone,
+            Err(_) if self.client_terminated => ClientRead::Gone,
+            Err(e) => ClientRead::Violation(e),
+        }
+    }
+
+    async fn after_client_read(&mut self, read: ClientRead) -> Option<End> {
+        match read {
+            ClientRead::Taken => None,
+            ClientRead::Terminate => {
+                self.terminate_standby().await;
+                if !self.state.owes_answers() {
+                    let _ = self.to_backend.drain(&mut self.backend.writer).await;
+                    return Some(End::ClientClosed);
+                }
+                self.client_terminated = true;
+                if self.parked_since.is_none() {
+                    self.to_backend.write_now(&self.backend.writer);
+                }
+                None
+            }
+            ClientRead::Gone => {
+                self.terminate_backends().await;
+                Some(End::ClientClosed)
+            }
+            ClientRead::Violation(e) => {
+                let message = format!("protocol violation: {e}");
+                Some(self.close_with(fatal("08P01", &message), &message).await)
             }
         }
     }
 
     /// Returns true when the client sent Terminate.
-    fn on_client_batch(&mut self, batch: Bytes) -> bool {
+    fn on_client_batch(&mut self, batch: Batch) -> bool {
         // Whatever the client does may change session state: the standby must be prepared again.
         self.prepared_move = false;
-        self.bytes_in += batch.len() as u64;
-        Traffic::add(&self.handle.traffic.bytes_from_client, batch.len() as u64);
-        let mut skip_until = 0;
+        self.bytes_in += batch.bytes.len() as u64;
+        Traffic::add(&self.handle.traffic.bytes_from_client, batch.bytes.len() as u64);
+        let open = batch.open;
+        let ends_stream = batch.ends_stream();
+        let mut frames = batch.bytes;
+        if batch.continued > 0 {
+            // The rest of a frame whose head went on (or was swallowed) before.
+            let rest = frames.split_to(batch.continued);
+            if !self.swallowing {
+                self.to_backend.push(rest);
+            }
+            if !ends_stream {
+                return false;
+            }
+            self.swallowing = false;
+        }
         if self.poisoned {
             // Swallow the client's next request, then answer it with a retryable error.
-            let mut offset = 0;
-            for (tag, body) in FrameIter::new(&batch) {
-                offset += body.len() + 5;
+            let mut skip = 0;
+            for (tag, body, _) in FrameIter::new(&frames) {
+                skip += HEADER_LEN + body.len();
                 if tag == b'X' {
                     return true;
                 }
@@ -183,36 +273,40 @@ impl Relay {
                     break;
                 }
             }
-            skip_until = offset;
-            if skip_until >= batch.len() {
+            // A swallowed frame still streaming: drop its rest too.
+            self.swallowing = open && skip == frames.len();
+            frames.advance(skip);
+            if frames.is_empty() {
                 return false;
             }
         }
-        let batch = batch.slice(skip_until..);
         let mut terminate = false;
-        for (tag, body) in FrameIter::new(&batch) {
-            if let ClientEvent::Terminate = self.state.on_client_frame(tag, body) {
+        for (tag, body, whole) in FrameIter::new(&frames) {
+            let event = if whole { self.state.on_client_frame(tag, body) } else { self.state.on_client_head(tag, body) };
+            if let ClientEvent::Terminate = event {
                 terminate = true;
             }
             if matches!(tag, b'Q' | b'E' | b'F') {
                 Traffic::add(&self.handle.traffic.queries, 1);
             }
         }
-        self.to_backend.push(batch);
+        self.to_backend.push(frames);
         terminate
     }
 
-    fn on_backend_batch(&mut self, batch: Bytes) {
+    fn on_backend_batch(&mut self, batch: Batch) {
         let mut ready = false;
         // After a move the server names the session's new backend in the session's own
         // notifications; the client knows its session by the pid it was given at startup.
         let moved_from = (self.backend.cancel.pid != self.handle.key_pid).then(|| self.backend.cancel.pid.to_be_bytes());
         let mut own_notifications = Vec::new();
-        for (tag, body) in FrameIter::new(&batch) {
+        for (tag, body, whole) in batch.frames() {
             if tag == b'A' && moved_from.is_some_and(|pid| body.starts_with(&pid)) {
-                own_notifications.push(body.as_ptr() as usize - batch.as_ptr() as usize);
+                own_notifications.push(body.as_ptr() as usize - batch.bytes.as_ptr() as usize);
             }
-            if self.state.on_server_frame(tag, body) {
+            // The head of a frame too large to hold whole is no ReadyForQuery or ParameterStatus
+            // from a real server; only an error's leading fields are read from it.
+            if whole && self.state.on_server_frame(tag, body) {
                 ready = true;
                 if body.first() == Some(&b'I') {
                     Traffic::add(&self.handle.traffic.transactions, 1);
@@ -225,7 +319,7 @@ impl Relay {
                 }
             }
         }
-        let batch = if own_notifications.is_empty() { batch } else { with_pid_at(&batch, &own_notifications, self.handle.key_pid) };
+        let batch = if own_notifications.is_empty() { batch.bytes } else { with_pid_at(&batch.bytes, &own_notifications, self.handle.key_pid) };
         self.bytes_out += batch.len() as u64;
         Traffic::add(&self.handle.traffic.bytes_to_client, batch.len() as u64);
         self.to_client.push(batch);
@@ -253,7 +347,7 @@ impl Relay {
                 // An idle session prepares its move now, before any hold: if it stays idle,
                 // the hold costs it nothing but the pointer swap. A busy one would only have
                 // to do it again at its next boundary.
-                let idle = self.state.is_quiescent() && self.to_backend.is_empty() && self.parked_since.is_none();
+                let idle = self.at_boundary() && self.to_backend.is_empty() && self.parked_since.is_none();
                 let prepared = if !idle {
                     Prepared::Busy
                 } else {
@@ -305,7 +399,7 @@ impl Relay {
             });
             return None;
         }
-        if self.client_terminated || !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() {
+        if self.client_terminated || !self.state.is_idle_in_transaction() || !self.to_backend.is_empty() || !self.between_frames() {
             return None;
         }
         match idle_in_transaction {
@@ -331,7 +425,7 @@ impl Relay {
     }
 
     async fn apply_gate(&mut self, gate: GateState) -> Option<End> {
-        let ready_to_park = !self.client_terminated && gate.held && self.parked_since.is_none() && self.state.is_quiescent() && self.to_backend.is_empty();
+        let ready_to_park = !self.client_terminated && gate.held && self.parked_since.is_none() && self.at_boundary() && self.to_backend.is_empty();
         if ready_to_park {
             self.park().await;
         }
@@ -385,10 +479,26 @@ impl Relay {
         for (k, v) in params {
             self.state.params.insert(k, v);
         }
-        let snap = snap?;
+        let mut snap = snap?;
+        if let Some(blocker) = self.unkept_statements(&snap) {
+            snap.blockers.push(blocker);
+        }
         let blockers = snap.blockers.clone();
         self.handle.set_status(|s| s.blockers = blockers);
         Ok(snap)
+    }
+
+    /// Prepared statements the server holds whose Parse the proxy did not keep (it was streamed
+    /// through: larger than `PARSE_KEPT`, or no memory was left): they cannot be replayed.
+    fn unkept_statements(&self, snap: &Snapshot) -> Option<String> {
+        let unkept: Vec<String> =
+            snap.protocol_prepared.iter().filter(|name| !self.state.prepared.contains_key(*name)).map(|name| String::from_utf8_lossy(name).into_owned()).collect();
+        let first = unkept.first()?;
+        let more = match unkept.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        Some(format!("prepared statement {first:?}{more} too large for pgcutover to keep for replay"))
     }
 
     async fn probe(&mut self) {
@@ -545,15 +655,37 @@ impl Relay {
             return true;
         }
         let deadline = tokio::time::Instant::now() + STATEMENT_END_WAIT;
+        // The replies go to the client as it reads them: one that does not read holds up the
+        // server (and the proxy's memory) as in the relay; one that is gone gets nothing.
+        let mut client_gone = false;
         while self.state.outstanding > 0 && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout_at(deadline, backend::send_cancel(&self.backend.cancel)).await;
             let next_cancel = (tokio::time::Instant::now() + CANCEL_REPEAT).min(deadline);
             while self.state.outstanding > 0 {
-                match tokio::time::timeout_at(next_cancel, self.backend.reader.read_batch()).await {
-                    Ok(Ok(Some(batch))) => self.on_backend_batch(batch),
-                    // The server is gone: nothing of this session runs any more.
-                    Ok(Ok(None) | Err(_)) => return true,
-                    Err(_) => break,
+                let room = if client_gone || self.to_client.has_room() {
+                    self.downstream.grant(self.backend.reader.buffered() + self.to_client.len())
+                } else {
+                    0
+                };
+                let write = !client_gone && self.to_client.pending();
+                tokio::select! {
+                    batch = self.backend.reader.read_batch(room), if room > 0 => match batch {
+                        Ok(Some(batch)) => {
+                            self.on_backend_batch(batch);
+                            if client_gone {
+                                self.to_client.clear();
+                            }
+                        }
+                        // The server is gone: nothing of this session runs any more.
+                        Ok(None) | Err(_) => return true,
+                    },
+                    written = self.to_client.write_some(&mut self.client_wr), if write => {
+                        if written.is_err() {
+                            client_gone = true;
+                            self.to_client.clear();
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_cancel) => break,
                 }
             }
         }

@@ -7,6 +7,10 @@ use bytes::Bytes;
 
 use crate::protocol::messages::{parse_parameter_status, take_cstr};
 
+/// Largest Parse message kept for replay; a larger one is streamed through and the session
+/// cannot move while the server holds its statement.
+pub const PARSE_KEPT: usize = 1 << 20;
+
 #[derive(Default)]
 pub struct ProtocolState {
     /// Transaction status from the last ReadyForQuery: `I`, `T` or `E`.
@@ -86,6 +90,16 @@ impl ProtocolState {
         ClientEvent::Forward
     }
 
+    /// The head of a frame too large to hold whole, streamed through: it counts as the whole
+    /// frame would, except that a Parse is not kept (its statement cannot be replayed).
+    pub fn on_client_head(&mut self, tag: u8, head: &[u8]) -> ClientEvent {
+        if tag == b'P' {
+            self.unsynced = true;
+            return ClientEvent::Forward;
+        }
+        self.on_client_frame(tag, head)
+    }
+
     /// Returns true for a ReadyForQuery.
     pub fn on_server_frame(&mut self, tag: u8, body: &[u8]) -> bool {
         match tag {
@@ -126,5 +140,18 @@ mod tests {
         assert!(s.prepared.contains_key(&b"s1"[..]));
         s.on_client_frame(b'C', b"Ss1\0");
         assert!(!s.prepared.contains_key(&b"s1"[..]));
+    }
+
+    #[test]
+    fn streamed_heads_count_but_a_parse_is_not_kept() {
+        let mut s = ProtocolState::new(&[]);
+        s.on_client_head(b'P', b"big\0select ");
+        assert!(!s.is_quiescent());
+        assert!(s.prepared.is_empty());
+        s.on_client_head(b'Q', b"select '");
+        assert_eq!(s.outstanding, 1);
+        s.on_client_frame(b'P', b"s1\0select 1\0\0\0");
+        s.on_client_head(b'C', b"Ss1\0");
+        assert!(s.prepared.is_empty());
     }
 }

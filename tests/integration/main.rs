@@ -8,6 +8,7 @@ mod auth_passthrough;
 mod backend_tls;
 mod cutover;
 mod cutover_replay;
+mod memory;
 mod ops;
 mod proxy_auth;
 mod proxy_limits;

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// In-process pgcutover proxy and raw protocol client for tests.
 pub mod proxy;
+/// `pgcutover serve` as a separate process (its memory, an address-space limit).
+pub mod served;
 
 // ------------------------------------------------------------------------------------------------
 // Constants
