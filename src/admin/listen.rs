@@ -1,6 +1,7 @@
 //! Accept loops for the console's TCP listener and Unix socket; one task per connection, so a
 //! long command (CUTOVER) never holds up another console.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,40 +10,33 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::{TcpListener, UnixListener};
 
-use super::handler::Console;
+use super::connection::{self, Listener};
 use crate::listener::AcceptBackoff;
 
-pub(super) async fn serve_tcp(listener: TcpListener, console: Arc<Console>) {
+pub(super) async fn serve_tcp(tcp: TcpListener, listener: Arc<Listener>) {
     let mut backoff = AcceptBackoff::new("admin console");
     loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
+        match tcp.accept().await {
+            Ok((stream, peer)) => {
                 backoff.succeeded();
-                let console = console.clone();
-                tokio::spawn(async move {
-                    // No TLS on the console: it is meant for loopback or a private network.
-                    if let Err(e) = pgwire::tokio::process_socket(tcp, None, console).await {
-                        tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-                    }
-                });
+                let _ = stream.set_nodelay(true);
+                // No TLS on the console: it is meant for loopback or a private network.
+                tokio::spawn(connection::serve(stream, peer, listener.clone()));
             }
             Err(e) => backoff.failed(&e).await,
         }
     }
 }
 
-pub(super) async fn serve_unix(listener: UnixListener, console: Arc<Console>) {
+pub(super) async fn serve_unix(unix: UnixListener, listener: Arc<Listener>) {
     let mut backoff = AcceptBackoff::new("admin console (unix socket)");
+    // Authentication tells socket clients apart by the listener, not by this address.
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
     loop {
-        match listener.accept().await {
+        match unix.accept().await {
             Ok((stream, _)) => {
                 backoff.succeeded();
-                let console = console.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = pgwire::tokio::process_socket_unix(stream, console).await {
-                        tracing::debug!(error = %e, "admin connection (unix socket) ended with an error");
-                    }
-                });
+                tokio::spawn(connection::serve(stream, peer, listener.clone()));
             }
             Err(e) => backoff.failed(&e).await,
         }

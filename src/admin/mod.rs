@@ -23,6 +23,8 @@
 mod auth;
 pub mod client;
 pub mod cmd;
+pub mod connection;
+mod frame_guard;
 mod handler;
 mod listen;
 pub mod reply;
@@ -52,6 +54,8 @@ pub async fn start(shared: &Arc<Shared>, tasks: &mut Vec<tokio::task::JoinHandle
     let unix = config.admin_socket.as_deref().map(listen::bind_unix).transpose()?;
 
     let credentials = auth::AdminCredentials::from_config(config);
+    // One cap for TCP and the Unix socket together.
+    let slots = Arc::new(tokio::sync::Semaphore::new(connection::MAX_CONNECTIONS));
     let mut tcp_addr = None;
     if let Some(listener) = tcp {
         let addr = listener.local_addr()?;
@@ -63,7 +67,8 @@ pub async fn start(shared: &Arc<Shared>, tasks: &mut Vec<tokio::task::JoinHandle
             auth::AdminAuth::new(credentials.clone(), auth::Transport::Tcp),
             handler::ConsoleQueries::new(shared.clone(), auth::Transport::Tcp),
         );
-        tasks.push(tokio::spawn(listen::serve_tcp(listener, console)));
+        let listener_state = Arc::new(connection::Listener { console, slots: slots.clone(), startup_timeout: config.startup_timeout });
+        tasks.push(tokio::spawn(listen::serve_tcp(listener, listener_state)));
         tcp_addr = Some(addr);
     }
     if let (Some(listener), Some(path)) = (unix, config.admin_socket.as_deref()) {
@@ -72,7 +77,8 @@ pub async fn start(shared: &Arc<Shared>, tasks: &mut Vec<tokio::task::JoinHandle
             auth::AdminAuth::new(credentials, auth::Transport::UnixSocket),
             handler::ConsoleQueries::new(shared.clone(), auth::Transport::UnixSocket),
         );
-        tasks.push(tokio::spawn(listen::serve_unix(listener, console)));
+        let listener_state = Arc::new(connection::Listener { console, slots, startup_timeout: config.startup_timeout });
+        tasks.push(tokio::spawn(listen::serve_unix(listener, listener_state)));
     }
     Ok(tcp_addr)
 }

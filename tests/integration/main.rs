@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod admin_limits;
 mod auth_passthrough;
 mod backend_tls;
 mod cutover;
