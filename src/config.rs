@@ -55,6 +55,25 @@ pub struct FileConfig {
     pub users: Vec<FileUser>,
     pub admin: Option<FileAdmin>,
     pub cutover: Option<FileCutover>,
+    pub check: Option<FileCheck>,
+    pub verify: Option<FileVerify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheck {
+    pub xid_age_warn: Option<i64>,
+    pub wal_retained_warn: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVerify {
+    pub rows_per_second: Option<u64>,
+    pub chunk_rows: Option<i64>,
+    pub attempts: Option<u32>,
+    pub catchup_timeout: Option<String>,
+    pub hold_recheck_max_chunks: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +113,7 @@ pub struct FileCutover {
     pub disable_subscription: Option<bool>,
     pub sequence_margin: Option<i64>,
     pub unmovable_sessions: Option<String>,
+    pub recheck_changing: Option<bool>,
     #[serde(default)]
     pub subscriptions: Vec<FileSubscription>,
 }
@@ -280,6 +300,8 @@ pub struct CutoverConfig {
     pub fence_old: bool,
     pub disable_subscription: bool,
     pub sequence_margin: i64,
+    /// Inside the hold, compare again the chunks the last VERIFY found still changing.
+    pub recheck_changing: bool,
     pub subscriptions: Vec<FileSubscription>,
 }
 
@@ -294,8 +316,47 @@ impl Default for CutoverConfig {
             fence_old: false,
             disable_subscription: true,
             sequence_margin: 0,
+            recheck_changing: false,
             subscriptions: Vec::new(),
         }
+    }
+}
+
+/// Thresholds of CHECK's warnings.
+#[derive(Clone, Debug)]
+pub struct CheckConfig {
+    /// Warn when old's `age(datfrozenxid)` is above this.
+    pub xid_age_warn: i64,
+    /// Warn when the subscription's slot keeps more WAL than this, in bytes.
+    pub wal_retained_warn: u64,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        // Half of autovacuum_freeze_max_age's default, where anti-wraparound vacuums start.
+        Self { xid_age_warn: 100_000_000, wal_retained_warn: 1 << 30 }
+    }
+}
+
+/// VERIFY: how fast and in what pieces it compares old and new.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    /// Rows read per second on each server; 0 = as fast as the servers answer.
+    pub rows_per_second: u64,
+    /// Rows per chunk of a table with a primary key.
+    pub chunk_rows: i64,
+    /// Comparisons of a chunk that differs, each after new caught up, before it is reported
+    /// as still changing.
+    pub attempts: u32,
+    /// How long to wait for new to apply a test commit before a comparison.
+    pub catchup_timeout: Duration,
+    /// CUTOVER recheck_changing: compare at most this many still-changing chunks in the hold.
+    pub hold_recheck_max_chunks: usize,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self { rows_per_second: 0, chunk_rows: 5000, attempts: 8, catchup_timeout: Duration::from_secs(30), hold_recheck_max_chunks: 16 }
     }
 }
 
@@ -334,6 +395,8 @@ pub struct Config {
     pub admin_user: String,
     pub admin_password: Option<String>,
     pub cutover: CutoverConfig,
+    pub check: CheckConfig,
+    pub verify: VerifyConfig,
 }
 
 impl Config {
@@ -474,7 +537,31 @@ impl Config {
             fence_old: c.fence_old.unwrap_or(false),
             disable_subscription: c.disable_subscription.unwrap_or(true),
             sequence_margin: c.sequence_margin.unwrap_or(0),
+            recheck_changing: c.recheck_changing.unwrap_or(false),
             subscriptions: c.subscriptions,
+        };
+        let file_check = file.check.unwrap_or_default();
+        let check_defaults = CheckConfig::default();
+        let check = CheckConfig {
+            xid_age_warn: file_check.xid_age_warn.unwrap_or(check_defaults.xid_age_warn),
+            wal_retained_warn: file_check.wal_retained_warn.unwrap_or(check_defaults.wal_retained_warn),
+        };
+        let v = file.verify.unwrap_or_default();
+        let verify_defaults = VerifyConfig::default();
+        let chunk_rows = v.chunk_rows.unwrap_or(verify_defaults.chunk_rows);
+        if !(1..=1_000_000).contains(&chunk_rows) {
+            return Err(invalid("verify.chunk_rows", "must be between 1 and 1000000"));
+        }
+        let attempts = v.attempts.unwrap_or(verify_defaults.attempts);
+        if !(1..=100).contains(&attempts) {
+            return Err(invalid("verify.attempts", "must be between 1 and 100"));
+        }
+        let verify = VerifyConfig {
+            rows_per_second: v.rows_per_second.unwrap_or(verify_defaults.rows_per_second),
+            chunk_rows,
+            attempts,
+            catchup_timeout: opt_duration("verify.catchup_timeout", v.catchup_timeout)?.unwrap_or(verify_defaults.catchup_timeout),
+            hold_recheck_max_chunks: v.hold_recheck_max_chunks.unwrap_or(verify_defaults.hold_recheck_max_chunks),
         };
         Ok(Config {
             listen,
@@ -502,6 +589,8 @@ impl Config {
             admin_user: admin.user.unwrap_or_else(|| "admin".into()),
             admin_password,
             cutover,
+            check,
+            verify,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use tokio_postgres::Client;
 
+use super::readiness::{NOT_PROXY_OWN, USER_SCHEMA};
 use super::ControlError;
 
 #[derive(Clone, Debug)]
@@ -38,17 +39,6 @@ pub async fn find_subscription(new: &Client, name: Option<&str>) -> Result<Subsc
     }
 }
 
-/// Tables of the subscription not yet in state `r`, as "table:state".
-pub async fn tables_not_ready(new: &Client, sub: &Subscription) -> Result<Vec<String>, ControlError> {
-    let rows = new
-        .query(
-            "SELECT srrelid::regclass::text || ':' || srsubstate::text FROM pg_catalog.pg_subscription_rel WHERE srsubid = $1 AND srsubstate <> 'r' ORDER BY 1",
-            &[&sub.oid],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
 /// Count of subscription tables per state, e.g. "r=4".
 pub async fn table_states(new: &Client, sub: &Subscription) -> Result<String, ControlError> {
     let rows = new
@@ -57,20 +47,20 @@ pub async fn table_states(new: &Client, sub: &Subscription) -> Result<String, Co
     Ok(rows.iter().map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, i64>(1))).collect::<Vec<_>>().join(" "))
 }
 
-/// User tables on old that none of `publications` publishes.
+/// User tables on old that none of `publications` publishes. Unlogged tables cannot be
+/// published at all (CHECK names them in their own row), nor are pgcutover's own tables but
+/// the sentinel.
 pub async fn unpublished_tables(old: &Client, publications: &[String]) -> Result<Vec<String>, ControlError> {
-    let rows = old
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+    let sql = format!(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' \
+             WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND {USER_SCHEMA} AND {NOT_PROXY_OWN} \
              AND NOT EXISTS (SELECT 1 FROM (SELECT c.oid AS relid UNION ALL SELECT relid FROM pg_catalog.pg_partition_ancestors(c.oid)) a \
                  JOIN pg_catalog.pg_class ac ON ac.oid = a.relid JOIN pg_catalog.pg_namespace an ON an.oid = ac.relnamespace \
                  JOIN pg_catalog.pg_publication_tables pt ON pt.schemaname = an.nspname AND pt.tablename = ac.relname \
-                 WHERE pt.pubname = ANY($1)) ORDER BY 1",
-            &[&publications],
-        )
-        .await?;
+                 WHERE pt.pubname = ANY($1)) ORDER BY 1"
+    );
+    let rows = old.query(&sql, &[&publications]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 

@@ -1,6 +1,7 @@
 //! The cutover: preflight, hold, drain, catch-up proof, sequences, rebind — or a clean abort.
 //! Each phase lives in its own module; `run` strings them together and times them.
 
+pub mod checks;
 pub mod drain;
 pub mod gate;
 pub mod preflight;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use tokio_postgres::Client;
 
+use super::checks::{self, row};
 use super::CheckRow;
 use crate::control::{self, replication, replication::Subscription, sentinel, sequences};
 use crate::proxy::Shared;
@@ -16,10 +17,6 @@ pub struct DatabaseLink {
     pub old: Client,
     pub new: Client,
     pub subscription: Subscription,
-}
-
-fn row(check: impl Into<String>, status: &'static str, detail: impl Into<String>) -> CheckRow {
-    CheckRow { check: check.into(), status, detail: detail.into() }
 }
 
 /// The databases the cutover must cover: every one a session has used, plus configured ones.
@@ -62,6 +59,7 @@ pub async fn run(shared: &Arc<Shared>, install_sentinel: bool) -> (Vec<CheckRow>
     if let Some((status, detail)) = crate::auth::passthrough::check_verifiers_on_new(shared).await {
         rows.push(row(crate::auth::passthrough::CHECK, status, detail));
     }
+    rows.extend(checks::server_rows(shared, databases.len()).await);
     if !install_sentinel {
         // CHECK: fresh answers on what each session holds (CUTOVER reads them at pre-warm).
         let unanswered = shared.registry.probe_all().await;
@@ -118,11 +116,6 @@ async fn check_database(shared: &Arc<Shared>, db: &str, install_sentinel: bool) 
         if subscription.enabled { "ok" } else { "fail" },
         format!("{} ({})", subscription.name, if subscription.enabled { "enabled" } else { "disabled" }),
     );
-    match replication::tables_not_ready(&new, &subscription).await {
-        Ok(t) if t.is_empty() => push(&mut rows, "tables ready", "ok", "every table in state r".into()),
-        Ok(t) => push(&mut rows, "tables ready", "fail", format!("not in state r: {}", t.join(", "))),
-        Err(e) => push(&mut rows, "tables ready", "fail", e.to_string()),
-    }
     match replication::unpublished_tables(&old, &subscription.publications).await {
         Ok(t) if t.is_empty() => push(&mut rows, "all tables published", "ok", format!("publications {}", subscription.publications.join(", "))),
         Ok(t) => push(&mut rows, "all tables published", "fail", format!("not published (their writes would be lost): {}", t.join(", "))),
@@ -168,6 +161,8 @@ async fn check_database(shared: &Arc<Shared>, db: &str, install_sentinel: bool) 
         },
         None => push(&mut rows, "replication lag", "fail", "the subscription has no slot".into()),
     }
+    let readiness = checks::Database { name: db, old: &old, new: &new, subscription: &subscription, config: &shared.config };
+    rows.extend(checks::database_rows(&readiness).await);
     let sentinel_ready = match tokio::try_join!(sentinel::exists(&old), sentinel::exists(&new)) {
         Ok((true, true)) => Ok(()),
         Ok(_) if install_sentinel && !any_failed(&rows) => sentinel::install(&old, &new, &subscription.name, &subscription.publications).await.map_err(|e| e.to_string()),

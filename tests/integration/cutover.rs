@@ -236,7 +236,7 @@ pub(crate) fn pgbench_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str,
 /// pgbench TPC-B-like through the proxy, in the background: `clients` clients, `transactions`
 /// each, at `rate` transactions per second in all (-t and -R rather than -T: a slow machine does
 /// the same work, never less).
-fn spawn_pgbench(proxy: &TestProxy, db: &str, mode: &'static str, clients: usize, transactions: u32, rate: u32) -> thread::JoinHandle<support::PgbenchResult> {
+pub(crate) fn spawn_pgbench(proxy: &TestProxy, db: &str, mode: &'static str, clients: usize, transactions: u32, rate: u32) -> thread::JoinHandle<support::PgbenchResult> {
     spawn_pgbench_as(proxy, db, (SUPERUSER, ""), mode, clients, transactions, rate)
 }
 
@@ -415,7 +415,7 @@ pub(crate) fn replicated_db<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &s
     (db, replication)
 }
 
-fn file_with(f: impl FnOnce(&mut pgcutover::config::FileCutover)) -> FileConfig {
+pub(crate) fn file_with(f: impl FnOnce(&mut pgcutover::config::FileCutover)) -> FileConfig {
     let mut cutover = pgcutover::config::FileCutover::default();
     f(&mut cutover);
     FileConfig { cutover: Some(cutover), ..Default::default() }

@@ -14,6 +14,7 @@ mod ops;
 mod proxy_auth;
 mod proxy_limits;
 mod proxy_protocol;
+mod readiness;
 mod rig;
 mod startup_identity;
 mod transparency;
