@@ -21,3 +21,4 @@ pub mod proxy;
 pub mod reload;
 pub mod session;
 pub mod tls;
+pub mod verify;

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub cutovers: IntCounterVec,
     pub rejected_clients: IntCounterVec,
     pub buffered_bytes: IntGauge,
+    pub verify_rows: IntCounterVec,
+    pub verify_bytes: IntCounterVec,
+    pub verify_chunks: IntCounterVec,
+    pub verify_tables: IntCounterVec,
+    pub verify_running: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -79,6 +84,11 @@ impl Metrics {
             cutovers: counter_vec("cutovers_total", "Cutovers by outcome", &["outcome"]),
             rejected_clients: counter_vec("rejected_clients_total", "Client connections refused, by reason", &["reason"]),
             buffered_bytes: register(&r, IntGauge::new("buffered_bytes", "Bytes sessions buffer beyond their own allowance, out of max_buffered_bytes").expect("gauge")),
+            verify_rows: counter_vec("verify_rows_total", "Rows VERIFY read, by server (old, new)", &["side"]),
+            verify_bytes: counter_vec("verify_bytes_total", "Bytes of row text VERIFY digested, by server (old, new)", &["side"]),
+            verify_chunks: counter_vec("verify_chunks_total", "Chunks VERIFY compared, by outcome", &["outcome"]),
+            verify_tables: counter_vec("verify_tables_total", "Tables VERIFY compared, by result", &["result"]),
+            verify_running: register(&r, IntGauge::new("verify_running", "1 while a VERIFY runs").expect("gauge")),
             registry: r,
         }
     }

@@ -63,6 +63,8 @@ pub struct Shared {
     /// Held while a cutover runs: only one at a time.
     pub cutover_lock: tokio::sync::Mutex<()>,
     pub cutover: crate::cutover::Tracker,
+    /// VERIFY's progress and the chunks it left still changing.
+    pub verify: crate::verify::Tracker,
     /// Stop accepting new clients.
     pub stop_accepting: CancellationToken,
     /// Close the sessions still open (the shutdown deadline passed).
@@ -145,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth_query,
         cutover_lock: tokio::sync::Mutex::new(()),
         cutover: crate::cutover::Tracker::default(),
+        verify: crate::verify::Tracker::default(),
         stop_accepting: CancellationToken::new(),
         close_sessions: CancellationToken::new(),
     });

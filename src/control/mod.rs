@@ -6,6 +6,7 @@ pub mod readiness;
 pub mod replication;
 pub mod sequences;
 pub mod sentinel;
+pub mod verify;
 
 use tokio_postgres::{Client, NoTls};
 

@@ -53,13 +53,24 @@ pub async fn install(old: &Client, new: &Client, subscription: &str, publication
     Ok(())
 }
 
-/// Writes a fresh token on old and returns it with the LSN just after its commit. One round
-/// trip; `READ WRITE` because a fenced old refuses writes by default.
+/// The sentinel row the cutover writes; VERIFY writes its own, so neither overwrites a token
+/// the other waits for.
+pub const CUTOVER_ROW: i32 = 1;
+pub const VERIFY_ROW: i32 = 2;
+
+/// Writes a fresh token on old (the cutover's row) and returns it with the LSN just after its
+/// commit.
 pub async fn write(old: &Client) -> Result<(String, String), ControlError> {
+    write_row(old, CUTOVER_ROW).await
+}
+
+/// Writes a fresh token into sentinel row `id` on old. One round trip; `READ WRITE` because a
+/// fenced old refuses writes by default.
+pub async fn write_row(old: &Client, id: i32) -> Result<(String, String), ControlError> {
     let token = format!("{:032x}", rand::random::<u128>());
     let sql = format!(
         "BEGIN READ WRITE; \
-         INSERT INTO pgcutover.sentinel (id, token) VALUES (1, '{token}') ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now(); \
+         INSERT INTO pgcutover.sentinel (id, token) VALUES ({id}, '{token}') ON CONFLICT (id) DO UPDATE SET token = EXCLUDED.token, written_at = now(); \
          COMMIT; SELECT pg_catalog.pg_current_wal_lsn()::text"
     );
     let lsn = old

@@ -31,6 +31,8 @@ pub struct CutoverOptions {
     pub catchup_timeout: Option<Duration>,
     pub idle_in_transaction: Option<IdleInTransaction>,
     pub fence_old: Option<bool>,
+    /// Compare inside the hold the chunks the last VERIFY left still changing.
+    pub recheck_changing: Option<bool>,
 }
 
 /// One row of CHECK: a preflight check and its outcome.
@@ -131,6 +133,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     let drain_timeout = options.drain_timeout.unwrap_or(config.drain_timeout);
     let catchup_timeout = options.catchup_timeout.unwrap_or(config.catchup_timeout);
     let fence_old = options.fence_old.unwrap_or(config.fence_old);
+    let recheck_changing = options.recheck_changing.unwrap_or(config.recheck_changing);
     let aborted = || shared.cutover.abort_requested.load(Ordering::SeqCst);
 
     // a. Preflight: nothing is held; any failure leaves everything as it was.
@@ -138,6 +141,9 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     let failures: Vec<String> = checks.iter().filter(|c| c.status == "fail").map(|c| format!("{}: {}", c.check, c.detail)).collect();
     if !failures.is_empty() {
         return Err(CutoverError::Preflight(failures.join("; ")));
+    }
+    if recheck_changing {
+        crate::verify::recheck::prepare(&links).await.map_err(|e| CutoverError::Preflight(format!("recheck_changing: {e}")))?;
     }
     let sessions = shared.registry.all();
     let prewarmed = prewarm::run(shared, &sessions).await.map_err(|e| {
@@ -279,6 +285,21 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         return Err(fail("catch-up", "abort requested".into()).await);
     }
     timeline.fact("sequences synced", sequence_count, format!("copied in {} ms, alongside the catch-up proof", timeline::ms(sequences_took)));
+    if recheck_changing {
+        use crate::verify::recheck::{in_hold, Rechecked};
+        let started = std::time::Instant::now();
+        let took = || format!("{} ms", timeline::ms(started.elapsed()));
+        match in_hold(shared, &links).await {
+            Ok(Rechecked::Nothing) => timeline.fact("verify recheck", "nothing", "the last VERIFY left no chunk still changing"),
+            Ok(Rechecked::Equal(n)) => timeline.fact("verify recheck", format!("{n} chunks equal"), format!("chunks still changing at the last VERIFY, compared inside the hold in {}", took())),
+            Ok(Rechecked::TooMany(n)) => timeline.fact(
+                "verify recheck",
+                "skipped",
+                format!("{n} chunks were still changing at the last VERIFY, more than verify.hold_recheck_max_chunks ({})", shared.config.verify.hold_recheck_max_chunks),
+            ),
+            Err(reason) => return Err(fail("verify recheck", reason).await),
+        }
+    }
     timeline.next(shared, "rebind", format!("new has applied every commit old acknowledged: {}; {sequence_count} sequences copied", proven.join(", ")));
 
     // f. Rebind: the commit point. From here on there is no abort.

@@ -13,10 +13,10 @@ use crate::cutover::CutoverOptions;
 use crate::proxy::Shared;
 
 pub const OPTIONS_HELP: &str =
-    "move every session to the new server; options: drain_timeout=2s, catchup_timeout=5s, idle_in_transaction=rollback|terminate|abort, fence_old=true|false";
+    "move every session to the new server; options: drain_timeout=2s, catchup_timeout=5s, idle_in_transaction=rollback|terminate|abort, fence_old=true|false, recheck_changing=true|false";
 
 const VALID_OPTIONS: &str =
-    "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, fence_old=true|false";
+    "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, fence_old=true|false, recheck_changing=true|false";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cutover {
@@ -24,6 +24,7 @@ pub struct Cutover {
     pub catchup_timeout: Option<Duration>,
     pub idle_in_transaction: Option<IdleInTransaction>,
     pub fence_old: Option<bool>,
+    pub recheck_changing: Option<bool>,
 }
 
 impl Cutover {
@@ -36,6 +37,7 @@ impl Cutover {
                 "catchup_timeout" => cutover.catchup_timeout.replace(duration(&key, &value)?).is_some(),
                 "idle_in_transaction" => cutover.idle_in_transaction.replace(idle_policy(&value)?).is_some(),
                 "fence_old" => cutover.fence_old.replace(boolean(&key, &value)?).is_some(),
+                "recheck_changing" => cutover.recheck_changing.replace(boolean(&key, &value)?).is_some(),
                 _ => return Err(AdminError::syntax(format!("CUTOVER: unknown option \"{key}\"; valid options: {VALID_OPTIONS}"))),
             };
             if duplicate {
@@ -51,6 +53,7 @@ impl Cutover {
             catchup_timeout: self.catchup_timeout,
             idle_in_transaction: self.idle_in_transaction,
             fence_old: self.fence_old,
+            recheck_changing: self.recheck_changing,
         };
         let shared = shared.clone();
         // cutover::run allows one cutover at a time; a concurrent one gets its error.

@@ -14,6 +14,8 @@ mod show_cutover;
 mod show_replication;
 mod show_sessions;
 mod show_status;
+mod show_verify;
+mod verify;
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub use show_cutover::ShowCutover;
 pub use show_replication::ShowReplication;
 pub use show_sessions::ShowSessions;
 pub use show_status::ShowStatus;
+pub use show_verify::ShowVerify;
+pub use verify::Verify;
 
 /// Every command, as listed in errors and HELP: (syntax, description).
 pub const COMMANDS: &[(&str, &str)] = &[
@@ -38,7 +42,9 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("SHOW SESSIONS", "client sessions and whether each can move to the new server"),
     ("SHOW REPLICATION", "subscriptions feeding the new server, and their lag"),
     ("SHOW CUTOVER", "report of the last cutover"),
-    ("CHECK", "preflight checks, without holding anything"),
+    ("CHECK", "preflight checks and every known upgrade trap, without holding anything"),
+    ("VERIFY [option=value ...] [table ...]", verify::HELP),
+    ("SHOW VERIFY", "progress or result of the last VERIFY"),
     ("PAUSE [timeout]", "hold new transactions until RESUME; waits up to timeout (default 10s) for running ones"),
     ("RESUME", "release a PAUSE"),
     ("CUTOVER [option=value ...]", cutover::OPTIONS_HELP),
@@ -58,6 +64,8 @@ pub enum Command {
     ShowReplication(ShowReplication),
     ShowCutover(ShowCutover),
     Check(Check),
+    Verify(Verify),
+    ShowVerify(ShowVerify),
     Pause(Pause),
     Resume(Resume),
     Cutover(Cutover),
@@ -76,6 +84,7 @@ impl Command {
         let command = match first.to_ascii_uppercase().as_str() {
             "SHOW" => return Self::parse_show(statement, rest),
             "CHECK" => Command::Check(Check::parse(rest)?),
+            "VERIFY" => Command::Verify(Verify::parse(rest)?),
             "PAUSE" => Command::Pause(Pause::parse(rest)?),
             "RESUME" => Command::Resume(Resume::parse(rest)?),
             "CUTOVER" => Command::Cutover(Cutover::parse(rest)?),
@@ -95,6 +104,7 @@ impl Command {
             "SESSIONS" => Command::ShowSessions(ShowSessions::parse(rest)?),
             "REPLICATION" => Command::ShowReplication(ShowReplication::parse(rest)?),
             "CUTOVER" => Command::ShowCutover(ShowCutover::parse(rest)?),
+            "VERIFY" => Command::ShowVerify(ShowVerify::parse(rest)?),
             "HELP" => Command::Help(Help::parse(rest)?),
             _ => return Err(unknown(statement)),
         };
@@ -108,6 +118,8 @@ impl Command {
             Command::ShowReplication(c) => c.apply(shared).await,
             Command::ShowCutover(c) => c.apply(shared),
             Command::Check(c) => c.apply(shared).await,
+            Command::Verify(c) => c.apply(shared).await,
+            Command::ShowVerify(c) => c.apply(shared),
             Command::Pause(c) => c.apply(shared).await,
             Command::Resume(c) => c.apply(shared),
             Command::Cutover(c) => c.apply(shared).await,
