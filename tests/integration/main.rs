@@ -18,3 +18,4 @@ mod readiness;
 mod rig;
 mod startup_identity;
 mod transparency;
+mod verify;
