@@ -871,6 +871,18 @@ mod tests {
         assert_eq!((c.max_clients, c.max_startup_connections), (10_000, 1000));
         assert_eq!((c.startup_packet_timeout, c.startup_timeout), (Duration::from_secs(10), Duration::from_secs(60)));
         assert_eq!(c.log_level.as_deref(), Some("info"));
+        let (check, verify) = (CheckConfig::default(), VerifyConfig::default());
+        assert_eq!((c.check.xid_age_warn, c.check.wal_retained_warn), (check.xid_age_warn, check.wal_retained_warn));
+        assert_eq!((c.verify.rows_per_second, c.verify.chunk_rows, c.verify.attempts), (verify.rows_per_second, verify.chunk_rows, verify.attempts));
+        assert_eq!((c.verify.catchup_timeout, c.verify.hold_recheck_max_chunks), (verify.catchup_timeout, verify.hold_recheck_max_chunks));
+        assert!(!c.cutover.recheck_changing);
+    }
+
+    #[test]
+    fn verify_settings_are_checked() {
+        let bad = toml::from_str::<FileConfig>("[verify]\nchunk_rows = 0\n").expect("parses");
+        let o = Overrides { old: Some("postgres://u@h/db".into()), auth: Some("trust".into()), ..Default::default() };
+        assert_eq!(Config::from_parts(bad, &o).err().map(|e| e.key), Some("verify.chunk_rows".to_string()));
     }
 
     #[test]
