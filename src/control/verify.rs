@@ -147,31 +147,22 @@ fn digest_of(row: &tokio_postgres::Row) -> Digest {
     Digest { rows: row.get(0), sums: (row.get(1), row.get(2)), bytes: row.get(3) }
 }
 
-/// The next chunk of at most `limit` rows after `after`, on old: its digest and its last key
-/// (`None` when it is empty).
-pub async fn next_chunk(old: &Client, spec: &TableSpec, after: Option<&Key>, limit: i64) -> Result<(Digest, Option<Key>), ControlError> {
+/// The last key of the next chunk of `limit` rows after `after`, on old; `None` when fewer
+/// rows are left (the chunk then runs to the end of the table). An index-only walk of the key.
+pub async fn chunk_end(old: &Client, spec: &TableSpec, after: Option<&Key>, limit: i64) -> Result<Option<Key>, ControlError> {
     let range = Range { after: after.cloned(), upto: None };
     let (filter, mut params) = spec.range_filter(&range);
-    let keys: Vec<String> = spec.key_columns().iter().enumerate().map(|(i, k)| format!("{k}::text AS k{i}")).collect();
-    let last: Vec<String> = (0..spec.key.len()).map(|i| format!("(array_agg(k{i} ORDER BY rn DESC))[1]")).collect();
-    let order = spec.key_columns().join(", ");
-    params.push(limit.to_string());
+    let keys: Vec<String> = spec.key_columns().iter().map(|k| format!("{k}::text")).collect();
+    params.push((limit - 1).max(0).to_string());
     let sql = format!(
-        "SELECT {DIGEST}, {last} FROM (SELECT md5(r) AS h, octet_length(r) AS len, rn, {key_names} FROM (\
-            SELECT {row} AS r, row_number() OVER (ORDER BY {order}) AS rn, {keys} FROM {table} AS t{filter} ORDER BY {order} LIMIT ${n}::text::int8\
-         ) AS x) AS y",
-        last = last.join(", "),
-        key_names = (0..spec.key.len()).map(|i| format!("k{i}")).collect::<Vec<_>>().join(", "),
-        row = spec.row_text(),
-        keys = keys.join(", "),
-        table = spec.name,
-        n = params.len(),
+        "SELECT {} FROM {} AS t{filter} ORDER BY {} OFFSET ${}::text::int8 LIMIT 1",
+        keys.join(", "),
+        spec.name,
+        spec.key_columns().join(", "),
+        params.len()
     );
-    let row = old.query_one(&sql, &as_params(&params)).await?;
-    let digest = digest_of(&row);
-    let key: Option<Key> = (0..spec.key.len()).map(|i| row.get::<_, Option<String>>(4 + i)).collect();
-    let key = key.filter(|_| digest.rows > 0);
-    Ok((digest, key))
+    let row = old.query_opt(&sql, &as_params(&params)).await?;
+    Ok(row.map(|r| (0..spec.key.len()).map(|i| r.get::<_, String>(i)).collect()))
 }
 
 /// The digest of `range` (the whole table for a table without a key).

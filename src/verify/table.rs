@@ -67,10 +67,11 @@ impl Table<'_> {
         }
         let mut after: Option<Key> = None;
         loop {
-            let (old, last) = verify::next_chunk(&self.sides.old, self.spec, after.as_ref(), self.limits.chunk_rows).await?;
-            let final_chunk = old.rows < self.limits.chunk_rows || last.is_none();
-            let range = Range { after: after.clone(), upto: if final_chunk { None } else { last.clone() } };
-            let new = verify::digest(&self.sides.new, self.spec, &range).await?;
+            // The chunk's bounds come from old; then both servers read it at once, so new lags
+            // old only by the apply delay and most chunks match at the first comparison.
+            let upto = verify::chunk_end(&self.sides.old, self.spec, after.as_ref(), self.limits.chunk_rows).await?;
+            let range = Range { after: after.clone(), upto: upto.clone() };
+            let (old, new) = tokio::try_join!(verify::digest(&self.sides.old, self.spec, &range), verify::digest(&self.sides.new, self.spec, &range))?;
             self.count(&old, &new);
             let first_equal = old.same_rows(&new);
             let outcome = if first_equal { Outcome::Equal } else { self.settle(&range).await? };
@@ -78,10 +79,10 @@ impl Table<'_> {
             compared.rows += old.rows;
             compared.chunks += 1;
             progress(compared.rows, compared.chunks);
-            if final_chunk || stop() {
+            if upto.is_none() || stop() {
                 return Ok(compared);
             }
-            after = last;
+            after = upto;
             throttle.took(old.rows.max(new.rows) as u64).await;
         }
     }
@@ -115,10 +116,17 @@ impl Table<'_> {
     }
 
     /// A range that differed: compare again after new caught up, up to `attempts` times.
+    ///
+    /// Each attempt reads old at a snapshot S, new once it has applied everything S saw (the
+    /// cut), then old again (S2). New may have applied a little more than S: a row of new that
+    /// equals old's row at S or at S2 is a state old had, so it is consistent. A row that
+    /// differs from both while old's row stayed the same from S to S2 is a real difference;
+    /// one whose old row changed in between is still changing and compared again.
     pub async fn settle(&self, range: &Range) -> Result<Outcome, ControlError> {
+        let row_level = !self.spec.key.is_empty() || self.spec.estimated_rows <= WHOLE_TABLE_ROW_LIMIT;
         for attempt in 0..self.limits.attempts {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(25u64 << attempt.min(6))).await;
+                tokio::time::sleep(Duration::from_millis((10u64 << attempt.min(10)).min(500))).await;
             }
             let (old, new) = match self.sides.cut(Read::Digest(self.spec, range)).await? {
                 (Reading::Digest(o), Reading::Digest(n)) => (o, n),
@@ -127,20 +135,100 @@ impl Table<'_> {
             if old.same_rows(&new) {
                 return Ok(Outcome::Equal);
             }
-            // Old unchanged since its snapshot: new, read in between, should have matched it.
-            let again = verify::digest(&self.sides.old, self.spec, range).await?;
-            if !again.same_rows(&old) {
+            if !row_level {
+                // Too big to list: only a quiet old can tell a difference from a change.
+                let again = verify::digest(&self.sides.old, self.spec, range).await?;
+                if again.same_rows(&new) {
+                    return Ok(Outcome::Equal);
+                }
+                if again.same_rows(&old) {
+                    return Ok(Outcome::Differs((old.rows - new.rows).unsigned_abs() as usize, vec![format!("old has {} rows, new {}", old.rows, new.rows)]));
+                }
                 continue;
             }
-            if let (Reading::Rows(o), Reading::Rows(n)) = self.sides.cut(Read::Rows(self.spec, range)).await? {
-                let (count, named) = differences(self.spec, &o, &n);
-                if count > 0 {
-                    return Ok(Outcome::Differs(count, named));
-                }
+            let (at_s, on_new) = match self.sides.cut(Read::Rows(self.spec, range)).await? {
+                (Reading::Rows(o), Reading::Rows(n)) => (o, n),
+                _ => return Err(ControlError::Query("internal error: rows expected".into())),
+            };
+            let at_s2 = verify::row_hashes(&self.sides.old, self.spec, range).await?;
+            match classify(self.spec, &at_s, &on_new, &at_s2) {
+                Verdict::Consistent => return Ok(Outcome::Equal),
+                Verdict::Differs(count, named) => return Ok(Outcome::Differs(count, named)),
+                Verdict::Changing => continue,
             }
         }
         Ok(Outcome::Changing)
     }
+}
+
+/// A table without a key larger than this is not listed row by row when it differs.
+const WHOLE_TABLE_ROW_LIMIT: i64 = 2_000_000;
+
+/// What old at S, new in between, and old at S2 say about a range.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Consistent,
+    Differs(usize, Vec<String>),
+    Changing,
+}
+
+fn classify(spec: &TableSpec, at_s: &[(Key, String)], on_new: &[(Key, String)], at_s2: &[(Key, String)]) -> Verdict {
+    if spec.key.is_empty() {
+        let (s, n, s2) = (multiset(at_s), multiset(on_new), multiset(at_s2));
+        // Equal to either, or (rows only added: the usual table without a key) between them.
+        if n == s || n == s2 || (contains(&n, &s) && contains(&s2, &n)) {
+            return Verdict::Consistent;
+        }
+        if s == s2 {
+            let (count, named) = differences(spec, at_s, on_new);
+            return Verdict::Differs(count, named);
+        }
+        return Verdict::Changing;
+    }
+    let index = |rows: &[(Key, String)]| -> HashMap<Key, String> { rows.iter().cloned().collect() };
+    let (s, n, s2) = (index(at_s), index(on_new), index(at_s2));
+    let mut keys: Vec<&Key> = at_s.iter().map(|(k, _)| k).collect();
+    keys.extend(on_new.iter().map(|(k, _)| k).filter(|k| !s.contains_key(*k)));
+    let mut count = 0;
+    let mut named = Vec::new();
+    let mut changing = false;
+    for key in keys {
+        let (old_s, new_row, old_s2) = (s.get(key), n.get(key), s2.get(key));
+        if new_row == old_s || new_row == old_s2 {
+            continue;
+        }
+        if old_s != old_s2 {
+            changing = true;
+            continue;
+        }
+        let what = match (old_s, new_row) {
+            (Some(_), None) => "missing on new",
+            (None, Some(_)) => "only on new",
+            _ => "differs on new",
+        };
+        count += 1;
+        if named.len() < NAMED_ROWS {
+            named.push(format!("{} {what}", spec.describe_key(key)));
+        }
+    }
+    match (count, changing) {
+        (0, false) => Verdict::Consistent,
+        (0, true) => Verdict::Changing,
+        _ => Verdict::Differs(count, named),
+    }
+}
+
+fn multiset(rows: &[(Key, String)]) -> HashMap<&str, i64> {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for (_, h) in rows {
+        *counts.entry(h.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+/// Whether multiset `big` holds every row of `small`.
+fn contains(big: &HashMap<&str, i64>, small: &HashMap<&str, i64>) -> bool {
+    small.iter().all(|(h, n)| big.get(h).copied().unwrap_or(0) >= *n)
 }
 
 /// Rows that differ between old's and new's (key, hash) lists: how many, and the first few
@@ -148,15 +236,9 @@ impl Table<'_> {
 pub fn differences(spec: &TableSpec, old: &[(Key, String)], new: &[(Key, String)]) -> (usize, Vec<String>) {
     let mut named = Vec::new();
     if spec.key.is_empty() {
-        let mut counts: HashMap<&str, i64> = HashMap::new();
-        for (_, h) in old {
-            *counts.entry(h).or_default() += 1;
-        }
-        for (_, h) in new {
-            *counts.entry(h).or_default() -= 1;
-        }
-        let missing: i64 = counts.values().filter(|c| **c > 0).sum();
-        let extra: i64 = -counts.values().filter(|c| **c < 0).sum::<i64>();
+        let (o, n) = (multiset(old), multiset(new));
+        let missing: i64 = o.iter().map(|(h, c)| (c - n.get(h).copied().unwrap_or(0)).max(0)).sum();
+        let extra: i64 = n.iter().map(|(h, c)| (c - o.get(h).copied().unwrap_or(0)).max(0)).sum();
         if missing > 0 {
             named.push(format!("{missing} rows of old missing on new"));
         }
@@ -165,27 +247,11 @@ pub fn differences(spec: &TableSpec, old: &[(Key, String)], new: &[(Key, String)
         }
         return ((missing + extra) as usize, named);
     }
-    let on_new: HashMap<&Key, &str> = new.iter().map(|(k, h)| (k, h.as_str())).collect();
-    let on_old: HashMap<&Key, &str> = old.iter().map(|(k, h)| (k, h.as_str())).collect();
-    let mut count = 0;
-    for (key, hash) in old {
-        let what = match on_new.get(key) {
-            None => "missing on new",
-            Some(h) if h != hash => "differs on new",
-            Some(_) => continue,
-        };
-        count += 1;
-        if named.len() < NAMED_ROWS {
-            named.push(format!("{} {what}", spec.describe_key(key)));
-        }
+    // Old and new alike at both points: every difference is real.
+    match classify(spec, old, new, old) {
+        Verdict::Differs(count, named) => (count, named),
+        _ => (0, named),
     }
-    for (key, _) in new.iter().filter(|(k, _)| !on_old.contains_key(k)) {
-        count += 1;
-        if named.len() < NAMED_ROWS {
-            named.push(format!("{} only on new", spec.describe_key(key)));
-        }
-    }
-    (count, named)
 }
 
 #[cfg(test)]
@@ -209,6 +275,23 @@ mod tests {
         let (count, named) = differences(&spec(true), &old, &new);
         assert_eq!(count, 3);
         assert_eq!(named, vec!["id=2 missing on new", "id=3 differs on new", "id=4 only on new"]);
+    }
+
+    #[test]
+    fn rows_new_took_from_a_later_state_of_old_are_consistent() {
+        let s = rows(&[("1", "a"), ("2", "b"), ("3", "c")]);
+        let s2 = rows(&[("1", "a2"), ("2", "b"), ("3", "c2")]);
+        // Row 1 at its later version, row 3 at its earlier one: consistent.
+        assert_eq!(classify(&spec(true), &s, &rows(&[("1", "a2"), ("2", "b"), ("3", "c")]), &s2), Verdict::Consistent);
+        // Row 1 changed twice on old, new holds neither version: still changing.
+        assert_eq!(classify(&spec(true), &s, &rows(&[("1", "a1"), ("2", "b"), ("3", "c")]), &s2), Verdict::Changing);
+        // Row 2 stable on old but different on new: a real difference, even while 1 changes.
+        let v = classify(&spec(true), &s, &rows(&[("1", "a1"), ("2", "x"), ("3", "c")]), &s2);
+        assert_eq!(v, Verdict::Differs(1, vec!["id=2 differs on new".into()]));
+        // Without a key: new between old's two states (rows only added) is consistent.
+        let grow = |items: &[&str]| items.iter().map(|h| (Vec::new(), h.to_string())).collect::<Vec<_>>();
+        assert_eq!(classify(&spec(false), &grow(&["a", "b"]), &grow(&["a", "b", "c"]), &grow(&["a", "b", "c", "d"])), Verdict::Consistent);
+        assert_eq!(classify(&spec(false), &grow(&["a", "b"]), &grow(&["a"]), &grow(&["a", "b"])), Verdict::Differs(1, vec!["1 rows of old missing on new".into()]));
     }
 
     #[test]
