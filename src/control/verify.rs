@@ -1,9 +1,11 @@
 //! VERIFY's SQL: a digest of a key range of a table, the same on old and new.
 //!
 //! A row is compared as the text of `ROW(col, ...)` over the columns old publishes, in old's
-//! column order. Its md5 is split into two 64-bit halves that are summed over the rows: an
-//! order-independent digest, so the two servers need not sort the rows alike (collations may
-//! differ between machines). The text form depends on a few settings; [`COMPARE_SETTINGS`]
+//! column order. Two 64-bit hashes of that text are summed over the rows: an order-independent
+//! digest, so the two servers need not sort the rows alike (collations may differ between
+//! machines). The hash is Postgres' own `hashtextextended` when both servers compute the same
+//! values for it (checked first: it is not promised to stay the same across versions or
+//! platforms), else the two halves of its md5, which is several times slower. The text form depends on a few settings; [`COMPARE_SETTINGS`]
 //! makes them the same on both sides. Floats print the same from Postgres 12 on
 //! (shortest-exact output), so 15 and 18 agree.
 
@@ -17,6 +19,23 @@ use super::ControlError;
 /// make later statements queue behind it).
 pub const COMPARE_SETTINGS: &str = "SET extra_float_digits = 3; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \
     SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET lock_timeout = '5s'";
+
+/// How rows are hashed for a digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowHash {
+    /// `hashtextextended(text, seed)`: both servers agree on it.
+    Builtin,
+    /// The two halves of `md5(text)`.
+    Md5,
+}
+
+/// `Builtin` when old and new give `hashtextextended` the same values.
+pub async fn row_hash(old: &Client, new: &Client) -> Result<RowHash, ControlError> {
+    const PROBE: &str = r#"SELECT array_agg(hashtextextended(s, seed) ORDER BY s COLLATE "C", seed)::text FROM unnest(ARRAY['', 'pgcutover',
+        repeat('éx', 37), '(1,"a b",2.5,)']) AS s, generate_series(0, 1) AS seed"#;
+    let (a, b) = tokio::try_join!(old.query_one(PROBE, &[]), new.query_one(PROBE, &[]))?;
+    Ok(if a.get::<_, String>(0) == b.get::<_, String>(0) { RowHash::Builtin } else { RowHash::Md5 })
+}
 
 /// A primary-key column.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +56,7 @@ pub struct TableSpec {
     pub columns: Vec<String>,
     /// `reltuples` on old, for progress (-1: never analyzed).
     pub estimated_rows: i64,
+    pub hash: RowHash,
 }
 
 /// A key, one text value per key column.
@@ -64,7 +84,7 @@ impl Digest {
 }
 
 /// The key and column list of `table` on old; `columns`: those old publishes.
-pub async fn describe(old: &Client, table: &str, columns: &[String]) -> Result<TableSpec, ControlError> {
+pub async fn describe(old: &Client, table: &str, columns: &[String], hash: RowHash) -> Result<TableSpec, ControlError> {
     let key = old
         .query(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_index i \
@@ -86,11 +106,9 @@ pub async fn describe(old: &Client, table: &str, columns: &[String]) -> Result<T
         key: key.iter().map(|r| KeyColumn { name: r.get(0), type_name: r.get(1) }).collect(),
         columns: ordered.iter().map(|r| r.get(0)).collect(),
         estimated_rows: estimated.get(0),
+        hash,
     })
 }
-
-const DIGEST: &str = "count(*)::int8, coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8), 0)::text, \
-    coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8), 0)::text, coalesce(sum(len), 0)::int8";
 
 impl TableSpec {
     fn row_text(&self) -> String {
@@ -168,7 +186,18 @@ pub async fn chunk_end(old: &Client, spec: &TableSpec, after: Option<&Key>, limi
 /// The digest of `range` (the whole table for a table without a key).
 pub async fn digest(client: &Client, spec: &TableSpec, range: &Range) -> Result<Digest, ControlError> {
     let (filter, params) = spec.range_filter(range);
-    let sql = format!("SELECT {DIGEST} FROM (SELECT md5(r) AS h, octet_length(r) AS len FROM (SELECT {} AS r FROM {} AS t{filter}) AS x) AS y", spec.row_text(), spec.name);
+    let rows = format!("SELECT {} AS r FROM {} AS t{filter}", spec.row_text(), spec.name);
+    let sql = match spec.hash {
+        RowHash::Builtin => format!(
+            "SELECT count(*)::int8, coalesce(sum(hashtextextended(r, 0)), 0)::text, coalesce(sum(hashtextextended(r, 1)), 0)::text, \
+             coalesce(sum(octet_length(r)), 0)::int8 FROM ({rows}) AS x"
+        ),
+        RowHash::Md5 => format!(
+            "SELECT count(*)::int8, coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::int8), 0)::text, \
+             coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::int8), 0)::text, coalesce(sum(len), 0)::int8 \
+             FROM (SELECT md5(r) AS h, octet_length(r) AS len FROM ({rows}) AS x) AS y"
+        ),
+    };
     Ok(digest_of(&client.query_one(&sql, &as_params(&params)).await?))
 }
 

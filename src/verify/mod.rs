@@ -88,13 +88,15 @@ pub enum VerifyError {
     AlreadyCutOver,
     #[error("no subscribed table named {0} in the databases in scope ({1})")]
     NoSuchTable(String, String),
+    #[error("no database to compare: none has been used through the proxy yet, and none is named in [[cutover.subscriptions]]")]
+    NoDatabases,
 }
 
 impl VerifyError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             VerifyError::AlreadyRunning | VerifyError::CutoverRunning => "55006",
-            VerifyError::NoNewServer | VerifyError::AlreadyCutOver => "55000",
+            VerifyError::NoNewServer | VerifyError::AlreadyCutOver | VerifyError::NoDatabases => "55000",
             VerifyError::NoSuchTable(..) => "42P01",
         }
     }
@@ -121,6 +123,9 @@ pub async fn run(shared: &Arc<Shared>, request: Request) -> Result<Vec<TableRepo
         return Err(VerifyError::AlreadyCutOver);
     }
     let databases = crate::cutover::preflight::databases_in_scope(shared);
+    if databases.is_empty() {
+        return Err(VerifyError::NoDatabases);
+    }
     let mut prepared = Vec::new();
     let mut failed = Vec::new();
     for db in &databases {
@@ -218,11 +223,12 @@ async fn prepare(shared: &Shared, db: &str, request: &Request) -> Result<Prepare
         }
         sentinel::install(&old, &new, &subscription.name, &subscription.publications).await?;
     }
+    let hash = sql::row_hash(&old, &new).await?;
     let mut specs = Vec::new();
     // Tables still copying (not in state r) are not comparable yet; CHECK names them.
     for table in published.iter().filter(|t| ready.contains(t.name.as_str()) && !t.name.starts_with("pgcutover.")) {
         if request.tables.is_empty() || request.tables.iter().any(|n| matches_name(&table.name, n)) {
-            specs.push(sql::describe(&old, &table.name, &table.columns).await?);
+            specs.push(sql::describe(&old, &table.name, &table.columns, hash).await?);
         }
     }
     let catchup_timeout = shared.config.verify.catchup_timeout;

@@ -261,7 +261,7 @@ mod tests {
 
     fn spec(keyed: bool) -> TableSpec {
         let key = if keyed { vec![KeyColumn { name: "id".into(), type_name: "integer".into() }] } else { Vec::new() };
-        TableSpec { name: "public.t".into(), key, columns: vec!["id".into(), "v".into()], estimated_rows: 3 }
+        TableSpec { name: "public.t".into(), key, columns: vec!["id".into(), "v".into()], estimated_rows: 3, hash: crate::control::verify::RowHash::Builtin }
     }
 
     fn rows(items: &[(&str, &str)]) -> Vec<(Key, String)> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use pgcutover::admin::cmd::Command;
 use pgcutover::admin::reply::ResultSet;
 use pgcutover::config::FileConfig;
-use pgcutover::control::verify::{KeyColumn, Range, TableSpec};
+use pgcutover::control::verify::{KeyColumn, Range, RowHash, TableSpec};
 use pgcutover::cutover::{CutoverError, CutoverOptions};
 use pgcutover::verify::ChangingChunk;
 use support::proxy::{RawConn, TestProxy};
@@ -79,7 +79,7 @@ fn verify_names_rows_that_differ_on_new_by_table_and_key() {
          CREATE TABLE pairs (a int, b text, n float8, PRIMARY KEY (a, b)); INSERT INTO pairs SELECT g % 7, 'k' || g, g / 3.0 FROM generate_series(1, 500) g;
          CREATE TABLE nokey (v int, note text); INSERT INTO nokey SELECT g, 'n' || g FROM generate_series(1, 100) g;
          CREATE TABLE same (id bigint PRIMARY KEY, at timestamptz, d interval, b bytea);
-         INSERT INTO same SELECT g, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 minute', g * interval '1 second', int4send(g) FROM generate_series(1, 5000) g;",
+         INSERT INTO same SELECT g, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 minute', g * interval '1 second', int4send(g) FROM generate_series(1, 5000) g; ANALYZE same;",
     );
     let _replication = support::setup_replication(old, new, &db);
     let proxy = proxy(old, new, FileConfig::default());
@@ -108,9 +108,25 @@ fn verify_names_rows_that_differ_on_new_by_table_and_key() {
     let (_, result, detail) = result_of(&rows, "public.same");
     assert_eq!(result, "equal", "timestamps, intervals and bytea print alike on 15 and 18: {detail}");
 
-    // Named tables only; a rate limit makes it take at least as long as the rate allows.
+    // Named tables only; a rate limit makes it take at least as long as the rate allows, and
+    // SHOW VERIFY shows its progress meanwhile.
+    let proxy = std::sync::Arc::new(proxy);
     let started = Instant::now();
-    let set = console(&proxy, "VERIFY rows_per_second=4000 chunk_rows=1000 same").unwrap_or_else(|e| panic!("VERIFY same: {e}"));
+    let limited = {
+        let proxy = proxy.clone();
+        thread::spawn(move || console(&proxy, "VERIFY rows_per_second=4000 chunk_rows=1000 same"))
+    };
+    let deadline = Instant::now() + support::PATIENCE;
+    let progress = loop {
+        let shown = results(&console(&proxy, "SHOW VERIFY").expect("SHOW VERIFY"));
+        if let Some(row) = shown.iter().find(|(t, result, detail)| t == "public.same" && result == "running" && detail.contains("rows")) {
+            break row.clone();
+        }
+        assert!(!limited.is_finished() && Instant::now() < deadline, "SHOW VERIFY never showed the running VERIFY: {shown:#?}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(progress.2.contains("of about 5000 rows"), "{progress:?}");
+    let set = limited.join().expect("VERIFY thread").unwrap_or_else(|e| panic!("VERIFY same: {e}"));
     let took = started.elapsed();
     let rows = results(&set);
     assert_eq!(rows.len(), 1, "{rows:#?}");
@@ -137,6 +153,7 @@ fn cutover_rechecks_still_changing_chunks_inside_the_hold() {
         key: vec![KeyColumn { name: "id".into(), type_name: "integer".into() }],
         columns: vec!["id".into(), "v".into()],
         estimated_rows: 300,
+        hash: RowHash::Md5,
     };
     let chunk = |after: &str, upto: &str| ChangingChunk {
         database: db.clone(),
