@@ -210,7 +210,7 @@ say "$PGCOPYDB_NOTE"
 # ------------------------------------------------------------------ summary
 echo
 echo "VERIFY benchmark — $(date -u +%Y-%m-%dT%H:%MZ), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
-echo "pgbench -i -s $VERIFY_SCALE, pgbench -c $VERIFY_CLIENTS -j 2 -M prepared through pgcutover, chunk_rows $VERIFY_CHUNK_ROWS"
+echo "pgbench -i -s $VERIFY_SCALE, pgbench -c $VERIFY_CLIENTS -j 2 -M prepared through pgcutover, chunk_rows $VERIFY_CHUNK_ROWS; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 printf '| %-16s | %7s | %12s | %9s | %12s | %9s | %8s | %8s | %8s | %6s | %s |\n' scenario "VERIFY s" "old rows/s" "old MB/s" "new rows/s" "new MB/s" "p50 ms" "p99 ms" "avg ms" tps results
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' "------------------" "---------" "--------------" "-----------" "--------------" "-----------" "----------" "----------" "----------" "--------" "---------"
