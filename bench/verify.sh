@@ -19,7 +19,7 @@
 #   VERIFY_SCALE=50          pgbench -i scale (50: 5,000,000 accounts rows)
 #   VERIFY_CLIENTS=4         pgbench clients
 #   VERIFY_SECONDS=30        baseline length; the verify phases run pgbench until VERIFY ends
-#   VERIFY_RATES="200000"    rows_per_second limits to measure ("" skips them)
+#   VERIFY_RATES="20000"     rows_per_second limits to measure ("" skips them)
 #   VERIFY_CHUNK_ROWS=5000   chunk_rows
 #   BENCH_SKIP_DEPS=1, PGCUTOVER_BIN=PATH   as for bench/run.sh
 # shellcheck disable=SC2154 # PGL_PORT_<name> and friends are set by pgl_start (scripts/pg-local.sh)
@@ -30,31 +30,15 @@ REPO="$PWD"
 VERIFY_SCALE="${VERIFY_SCALE:-50}"
 VERIFY_CLIENTS="${VERIFY_CLIENTS:-4}"
 VERIFY_SECONDS="${VERIFY_SECONDS:-30}"
-VERIFY_RATES="${VERIFY_RATES-200000}"
+VERIFY_RATES="${VERIFY_RATES-20000}"
 VERIFY_CHUNK_ROWS="${VERIFY_CHUNK_ROWS:-5000}"
 
 say() { echo "verify-bench: $*" >&2; }
 die() { echo "verify-bench: ERROR: $*" >&2; exit 1; }
 
-if ! command -v cargo >/dev/null 2>&1 && [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
-    export PATH="${HOME:-/root}/.cargo/bin:$PATH"
-fi
-if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
-    say "scripts/install-deps.sh"
-    bash scripts/install-deps.sh
-fi
-if [ -z "${PGCUTOVER_BIN:-}" ]; then
-    say "cargo build --release"
-    cargo build --release --quiet || die "cargo build --release failed"
-    PGCUTOVER_BIN="$REPO/target/release/pgcutover"
-fi
-[ -x "$PGCUTOVER_BIN" ] || die "$PGCUTOVER_BIN is not executable"
-
-# shellcheck source=scripts/pg-local.sh
-. "$REPO/scripts/pg-local.sh"
-pgl_init
-cp "$PGCUTOVER_BIN" "$PGL_ROOT/pgcutover"
-PGCUTOVER="$PGL_ROOT/pgcutover"
+# shellcheck source=bench/common.sh
+. "$REPO/bench/common.sh"
+bench_init
 
 now() { date +%s.%N; }
 secs_between() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }

@@ -323,7 +323,7 @@ impl Default for CutoverConfig {
 }
 
 /// Thresholds of CHECK's warnings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckConfig {
     /// Warn when old's `age(datfrozenxid)` is above this.
     pub xid_age_warn: i64,
@@ -339,7 +339,7 @@ impl Default for CheckConfig {
 }
 
 /// VERIFY: how fast and in what pieces it compares old and new.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyConfig {
     /// Rows read per second on each server; 0 = as fast as the servers answer.
     pub rows_per_second: u64,

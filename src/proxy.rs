@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::{Role, Server};
-use crate::config::{Config, CutoverConfig, UserConfig};
+use crate::config::{CheckConfig, Config, CutoverConfig, UserConfig, VerifyConfig};
 use crate::cutover::gate::Gate;
 use crate::listener::{connection_waiting, out_of_files, refuse_unread, AcceptBackoff, SpareFd};
 use crate::metrics::Metrics;
@@ -24,6 +24,8 @@ pub struct Live {
     /// `tls-server-end-point` data of the certificate in `client_tls`, for SCRAM-SHA-256-PLUS.
     pub client_end_point: Option<Vec<u8>>,
     pub cutover: CutoverConfig,
+    pub check: CheckConfig,
+    pub verify: VerifyConfig,
 }
 
 impl Live {
@@ -33,6 +35,8 @@ impl Live {
             client_tls: config.client_tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(tls.server.clone())),
             client_end_point: config.client_tls.as_ref().and_then(|tls| tls.end_point.clone()),
             cutover: config.cutover.clone(),
+            check: config.check.clone(),
+            verify: config.verify.clone(),
         }
     }
 

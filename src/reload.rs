@@ -1,6 +1,6 @@
 //! Reloading the configuration file (SIGHUP) while sessions run. What can change safely is put
-//! in force: the log filter, `[[users]]`, the TLS certificate and key, the `[cutover]`
-//! defaults, `max_clients` and `max_startup_connections`. Other keys that changed are named
+//! in force: the log filter, `[[users]]`, the TLS certificate and key, the `[cutover]`,
+//! `[check]` and `[verify]` settings, `max_clients` and `max_startup_connections`. Other keys that changed are named
 //! as needing a restart and keep their running values. A file that does not load, or does not
 //! fit the running proxy, changes nothing. The log names keys and user names, never secrets.
 
@@ -103,7 +103,20 @@ pub fn apply(shared: &Shared, new: &Config, log: Option<&LogControl>) -> Result<
             None => {}
         }
     }
-    shared.replace_live(Live { users: new.users.clone(), client_tls, client_end_point, cutover: new.cutover.clone() });
+    if old.check != new.check {
+        report.reloaded.push("check (CHECK's thresholds)".into());
+    }
+    if old.verify != new.verify {
+        report.reloaded.push("verify (settings for the next VERIFY)".into());
+    }
+    shared.replace_live(Live {
+        users: new.users.clone(),
+        client_tls,
+        client_end_point,
+        cutover: new.cutover.clone(),
+        check: new.check.clone(),
+        verify: new.verify.clone(),
+    });
     crate::fdlimit::warn_if_short(new.max_clients, new.max_startup_connections);
     Ok(report)
 }

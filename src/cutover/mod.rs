@@ -295,7 +295,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
             Ok(Rechecked::TooMany(n)) => timeline.fact(
                 "verify recheck",
                 "skipped",
-                format!("{n} chunks were still changing at the last VERIFY, more than verify.hold_recheck_max_chunks ({})", shared.config.verify.hold_recheck_max_chunks),
+                format!("{n} chunks were still changing at the last VERIFY, more than verify.hold_recheck_max_chunks ({})", shared.live().verify.hold_recheck_max_chunks),
             ),
             Err(reason) => return Err(fail("verify recheck", reason).await),
         }

@@ -161,7 +161,7 @@ async fn check_database(shared: &Arc<Shared>, db: &str, install_sentinel: bool) 
         },
         None => push(&mut rows, "replication lag", "fail", "the subscription has no slot".into()),
     }
-    let readiness = checks::Database { name: db, old: &old, new: &new, subscription: &subscription, config: &shared.config };
+    let readiness = checks::Database { name: db, old: &old, new: &new, subscription: &subscription, check: &live.check };
     rows.extend(checks::database_rows(&readiness).await);
     let sentinel_ready = match tokio::try_join!(sentinel::exists(&old), sentinel::exists(&new)) {
         Ok((true, true)) => Ok(()),

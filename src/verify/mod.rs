@@ -152,8 +152,9 @@ pub async fn run(shared: &Arc<Shared>, request: Request) -> Result<Vec<TableRepo
     }
     let mut changing = Vec::new();
     shared.metrics.verify_running.set(1);
-    let limits = Limits { chunk_rows: request.chunk_rows.unwrap_or(shared.config.verify.chunk_rows), attempts: shared.config.verify.attempts };
-    let mut throttle = Throttle::new(request.rows_per_second.unwrap_or(shared.config.verify.rows_per_second));
+    let settings = shared.live().verify.clone();
+    let limits = Limits { chunk_rows: request.chunk_rows.unwrap_or(settings.chunk_rows), attempts: settings.attempts };
+    let mut throttle = Throttle::new(request.rows_per_second.unwrap_or(settings.rows_per_second));
     for p in &prepared {
         for spec in &p.specs {
             let index = tracker.report().iter().position(|r| r.database == p.database && r.table == spec.name).unwrap_or(usize::MAX);
@@ -204,7 +205,8 @@ async fn prepare(shared: &Shared, db: &str, request: &Request) -> Result<Prepare
         control::connect(&new_server.config, db)
     )?;
     tokio::try_join!(old.batch_execute(sql::COMPARE_SETTINGS), new.batch_execute(sql::COMPARE_SETTINGS))?;
-    let configured = shared.config.cutover.subscriptions.iter().find(|s| s.database == db).map(|s| s.name.as_str());
+    let live = shared.live();
+    let configured = live.cutover.subscriptions.iter().find(|s| s.database == db).map(|s| s.name.as_str());
     let subscription = replication::find_subscription(&new, configured).await?;
     let published = coverage::published_tables(&old, &subscription.publications).await?;
     let subscribed = coverage::subscribed_tables(&new, subscription.oid).await?;
@@ -231,7 +233,7 @@ async fn prepare(shared: &Shared, db: &str, request: &Request) -> Result<Prepare
             specs.push(sql::describe(&old, &table.name, &table.columns, hash).await?);
         }
     }
-    let catchup_timeout = shared.config.verify.catchup_timeout;
+    let catchup_timeout = live.verify.catchup_timeout;
     Ok(Prepared { database: db.to_string(), sides: Sides { old, writer, new, catchup_timeout }, specs })
 }
 

@@ -32,7 +32,7 @@ pub async fn in_hold(shared: &Shared, links: &[DatabaseLink]) -> Result<Rechecke
     if chunks.is_empty() {
         return Ok(Rechecked::Nothing);
     }
-    if chunks.len() > shared.config.verify.hold_recheck_max_chunks {
+    if chunks.len() > shared.live().verify.hold_recheck_max_chunks {
         return Ok(Rechecked::TooMany(chunks.len()));
     }
     for chunk in &chunks {

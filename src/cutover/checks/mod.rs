@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use super::CheckRow;
-use crate::config::Config;
+use crate::config::CheckConfig;
 use crate::control::readiness::coverage::PublishedTable;
 use crate::control::replication::Subscription;
 use crate::control::ControlError;
@@ -34,7 +34,7 @@ pub struct Database<'a> {
     pub old: &'a Client,
     pub new: &'a Client,
     pub subscription: &'a Subscription,
-    pub config: &'a Config,
+    pub check: &'a CheckConfig,
 }
 
 impl Database<'_> {

@@ -39,7 +39,7 @@ pub(super) async fn rows(db: &Database<'_>) -> Vec<CheckRow> {
         rows.push(db.row("other slots and publications", "warn", parts.join("; ")));
     }
 
-    let limit = db.config.check.xid_age_warn;
+    let limit = db.check.xid_age_warn;
     rows.push(match vacuum::xid_age(db.old).await {
         Ok(age) if age > limit => db.row(
             "transaction ID age",
@@ -81,8 +81,8 @@ pub(super) async fn rows(db: &Database<'_>) -> Vec<CheckRow> {
             let detail = format!("slot {own_slot} keeps {} of WAL on old{safe}", bytes(kept));
             if s.wal_status.as_deref() == Some("unreserved") {
                 db.row("WAL retained", "warn", format!("{detail}; wal_status unreserved: it will be invalidated at the next checkpoint unless it catches up"))
-            } else if kept as u64 > db.config.check.wal_retained_warn {
-                db.row("WAL retained", "warn", format!("{detail}, above check.wal_retained_warn ({}): the disk of old fills while new lags", bytes(db.config.check.wal_retained_warn as i64)))
+            } else if kept as u64 > db.check.wal_retained_warn {
+                db.row("WAL retained", "warn", format!("{detail}, above check.wal_retained_warn ({}): the disk of old fills while new lags", bytes(db.check.wal_retained_warn as i64)))
             } else {
                 db.row("WAL retained", "ok", detail)
             }
