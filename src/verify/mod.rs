@@ -165,7 +165,10 @@ pub async fn run(shared: &Arc<Shared>, request: Request) -> Result<Vec<TableRepo
                 });
                 continue;
             }
-            tracker.update(index, |r| r.result = "running".into());
+            tracker.update(index, |r| {
+                r.result = "running".into();
+                r.detail = progress_detail(spec, 0);
+            });
             let table = Table { sides: &p.sides, spec, limits: &limits, metrics: &shared.metrics };
             let progress = |rows: i64, chunks: i64| {
                 tracker.update(index, |r| {
