@@ -77,6 +77,15 @@ fn check_names_every_trap_planted_on_a_replica() {
          CREATE FUNCTION is_ok_inner(j jsonb) RETURNS bool LANGUAGE sql AS $$ SELECT j ? 'a' $$;
          CREATE FUNCTION is_ok(j jsonb) RETURNS bool LANGUAGE sql AS $$ SELECT is_ok_inner(j) $$;
          CREATE TABLE events (id int PRIMARY KEY, payload jsonb CHECK (is_ok(payload)));
+         CREATE FUNCTION norm_inner(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$;
+         CREATE FUNCTION norm(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN norm_inner(t); END $$;
+         CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.tag := norm_inner(NEW.tag); RETURN NEW; END $$;
+         CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM norm_inner('x'); RETURN NEW; END $$;
+         CREATE TABLE tagged (id int PRIMARY KEY, tag text);
+         CREATE INDEX tagged_norm ON tagged (norm(tag));
+         CREATE TRIGGER tagged_stamp BEFORE INSERT ON tagged FOR EACH ROW EXECUTE FUNCTION stamp();
+         ALTER TABLE tagged ENABLE ALWAYS TRIGGER tagged_stamp;
+         CREATE TRIGGER tagged_audit BEFORE INSERT ON tagged FOR EACH ROW EXECUTE FUNCTION audit();
          CREATE MATERIALIZED VIEW totals AS SELECT count(*) AS n FROM t;
          CREATE UNLOGGED TABLE scratch (id int PRIMARY KEY); INSERT INTO scratch VALUES (1);
          CREATE SEQUENCE free_numbers;
@@ -129,10 +138,16 @@ fn check_names_every_trap_planted_on_a_replica() {
     eprintln!("CHECK:\n{}", text(&rows));
     expect(&rows, "tables subscribed", "fail", &["public.late", "not subscribed", "public.absent", "missing on new", "REFRESH PUBLICATION"]);
     expect(&rows, "schema on new", "fail", &["public.drift.c missing on new", "character varying(5)", "a_positive", "NOT NULL on new only"]);
-    expect(&rows, "functions the apply runs", "fail", &["public.is_ok(jsonb)", "is_ok_inner()", "CHECK events_payload_check", "SET search_path"]);
+    let functions = expect(
+        &rows,
+        "functions the apply runs",
+        "fail",
+        &["public.is_ok(jsonb)", "is_ok_inner()", "CHECK events_payload_check", "SET search_path", "index tagged_norm", "public.norm(text)", "trigger tagged_stamp"],
+    );
+    assert!(!functions.detail.contains("tagged_audit"), "a trigger the apply does not fire is no trap: {}", functions.detail);
     expect(&rows, "apply worker", "fail", &["apply errors", "likely cause", "is_ok"]);
     expect(&rows, "tables ready", "fail", &["public.stuck:d", "table copies failed"]);
-    expect(&rows, "writes on new", "fail", &["update_missing=1", "VERIFY"]);
+    expect(&rows, "writes on new", "fail", &["update_missing=1", "VERIFY", "clients connected to new directly", "postgres@127.0.0.1"]);
     expect(&rows, "large objects", "fail", &["1 large objects on old, 0 on new"]);
     expect(&rows, "materialized views", "warn", &["public.totals", "REFRESH MATERIALIZED VIEW"]);
     expect(&rows, "unlogged tables", "warn", &["public.scratch"]);

@@ -74,37 +74,33 @@ pub(super) async fn rows(db: &Database<'_>, findings: &Findings) -> Vec<CheckRow
         }
     }
 
-    // Writes on new from elsewhere.
-    let others = tokio::try_join!(coverage::overlapping_subscriptions(db.new, oid), coverage::other_connections(db.new));
+    // Writes on new from elsewhere: conflicts the apply met (data already differs), and who
+    // else could write there.
+    let mut parts = Vec::new();
     if !conflicts.is_empty() {
-        rows.push(db.row(
-            "writes on new",
-            "fail",
-            format!(
-                "the apply found rows on new that differ from old's ({}): something writes to these tables on new, or rows were lost there; VERIFY names the rows; repair them, then {reset}",
-                conflicts.join(", ")
-            ),
+        parts.push(format!(
+            "the apply found rows on new that differ from old's ({}): something writes to these tables on new, or rows were lost there; VERIFY names the rows; repair them, then {reset}",
+            conflicts.join(", ")
         ));
-    } else {
-        match others {
-            Ok((subs, connections)) if subs.is_empty() && connections.is_empty() => {
-                rows.push(db.row("writes on new", "ok", "no conflicts recorded, no other subscription or client writes here"))
-            }
-            Ok((subs, connections)) => {
-                let mut parts = Vec::new();
-                if !subs.is_empty() {
-                    parts.push(format!(
-                        "other subscriptions write into the same tables: {}",
-                        list(&subs.iter().map(|(s, t)| format!("{s} ({t})")).collect::<Vec<_>>(), 5)
-                    ));
-                }
-                if !connections.is_empty() {
-                    parts.push(format!("clients connected to new directly (their writes conflict with replication): {}", list(&connections, 10)));
-                }
-                rows.push(db.row("writes on new", "warn", format!("{}; stop them before the cutover", parts.join("; "))));
-            }
-            Err(e) => rows.push(db.unknown("writes on new", "warn", &e)),
-        }
     }
+    let mut unknown = None;
+    match tokio::try_join!(coverage::overlapping_subscriptions(db.new, oid), coverage::other_connections(db.new)) {
+        Ok((subs, connections)) => {
+            if !subs.is_empty() {
+                let described: Vec<String> = subs.iter().map(|(s, t)| format!("{s} ({t})")).collect();
+                parts.push(format!("other subscriptions write into the same tables: {}", list(&described, 5)));
+            }
+            if !connections.is_empty() {
+                parts.push(format!("clients connected to new directly (their writes conflict with replication; stop them before the cutover): {}", list(&connections, 10)));
+            }
+        }
+        Err(e) => unknown = Some(e),
+    }
+    rows.push(match (conflicts.is_empty(), parts.is_empty(), unknown) {
+        (false, _, _) => db.row("writes on new", "fail", parts.join("; ")),
+        (true, false, _) => db.row("writes on new", "warn", parts.join("; ")),
+        (true, true, Some(e)) => db.unknown("writes on new", "warn", &e),
+        (true, true, None) => db.row("writes on new", "ok", "no conflicts recorded, no other subscription or client writes here"),
+    });
     rows
 }

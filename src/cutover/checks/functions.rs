@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::sql_names::{self, Known};
-use super::{list, Database, Findings};
+use super::{list_with, Database, Findings};
 use crate::control::readiness::functions::{self, Function};
 use crate::cutover::CheckRow;
 
@@ -65,10 +65,10 @@ pub(super) async fn row(db: &Database<'_>, findings: &mut Findings) -> CheckRow 
         let distinct: BTreeSet<u32> = uses.iter().map(|u| u.function_oid).collect();
         return db.row(CHECK, "ok", format!("{} functions in constraints, indexes, replica triggers or generated columns resolve under an empty search_path", distinct.len()));
     }
-    findings.causes.push(format!("a function the apply runs cannot resolve its names: {}", list(&traps, 1)));
+    findings.causes.push(format!("a function the apply runs cannot resolve its names: {}", list_with(&traps, 1, "; ")));
     db.row(
         CHECK,
         "fail",
-        format!("the apply worker runs with an empty search_path, so applying rows fails on new while psql works: {}", list(&traps, 10)),
+        format!("the apply worker runs with an empty search_path, so applying rows fails on new while psql works: {}", list_with(&traps, 10, "; ")),
     )
 }

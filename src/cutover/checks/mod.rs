@@ -86,7 +86,12 @@ pub async fn server_rows(shared: &Shared, databases: usize) -> Vec<CheckRow> {
 
 /// `items` joined with ", ", at most `max` of them, then "and N more".
 fn list<S: AsRef<str>>(items: &[S], max: usize) -> String {
-    let mut text = items.iter().take(max).map(|s| s.as_ref()).collect::<Vec<_>>().join(", ");
+    list_with(items, max, ", ")
+}
+
+/// [`list`] with another separator, for items that hold commas themselves.
+fn list_with<S: AsRef<str>>(items: &[S], max: usize, separator: &str) -> String {
+    let mut text = items.iter().take(max).map(|s| s.as_ref()).collect::<Vec<_>>().join(separator);
     if items.len() > max {
         text.push_str(&format!(" and {} more", items.len() - max));
     }

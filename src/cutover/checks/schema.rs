@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{list, names, Database, Findings};
+use super::{list, list_with, names, Database, Findings};
 use crate::control::readiness::coverage::PublishedTable;
 use crate::control::readiness::schema::{self, TableShape};
 use crate::cutover::CheckRow;
@@ -25,9 +25,9 @@ pub(super) async fn row(db: &Database<'_>, published: &[PublishedTable], finding
     }
     if !failures.is_empty() {
         findings.causes.push(format!("schema drift: {}", list(&failures, 3)));
-        let mut detail = format!("the apply fails on rows of these tables: {}", list(&failures, 20));
+        let mut detail = format!("the apply fails on rows of these tables: {}", list_with(&failures, 20, "; "));
         if !warnings.is_empty() {
-            detail.push_str(&format!("; also: {}", list(&warnings, 20)));
+            detail.push_str(&format!("; also: {}", list_with(&warnings, 20, "; ")));
         }
         return db.row(CHECK, "fail", format!("{detail}; make new's tables match old's (pg_dump --schema-only of old)"));
     }
@@ -35,7 +35,7 @@ pub(super) async fn row(db: &Database<'_>, published: &[PublishedTable], finding
         return db.row(
             CHECK,
             "warn",
-            format!("rows old accepts may be refused on new, which stops the apply: {}; add the same rule on old or drop it on new", list(&warnings, 20)),
+            format!("rows old accepts may be refused on new, which stops the apply: {}; add the same rule on old or drop it on new", list_with(&warnings, 20, "; ")),
         );
     }
     db.row(CHECK, "ok", format!("{} published tables have old's columns, types and constraints on new", old.len().min(new.len())))
