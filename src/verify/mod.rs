@@ -112,7 +112,9 @@ struct Prepared {
 pub async fn run(shared: &Arc<Shared>, request: Request) -> Result<Vec<TableReport>, VerifyError> {
     let tracker = &shared.verify;
     let Ok(_only_one) = tracker.running.try_lock() else { return Err(VerifyError::AlreadyRunning) };
-    let cutover_running = || shared.cutover_lock.try_lock().is_err();
+    // Read from the phase, not by trying the cutover's lock: a try that succeeded would hold it
+    // for an instant, and a CUTOVER arriving then would be refused as already running.
+    let cutover_running = || !matches!(shared.cutover.phase().as_str(), "" | "idle" | "done");
     if cutover_running() {
         return Err(VerifyError::CutoverRunning);
     }
