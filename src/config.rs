@@ -114,6 +114,9 @@ pub struct FileCutover {
     pub sequence_margin: Option<i64>,
     pub unmovable_sessions: Option<String>,
     pub recheck_changing: Option<bool>,
+    pub terminate_foreign: Option<bool>,
+    pub decision_poll: Option<String>,
+    pub decision_wait: Option<String>,
     #[serde(default)]
     pub subscriptions: Vec<FileSubscription>,
 }
@@ -298,11 +301,17 @@ pub struct CutoverConfig {
     pub idle_in_transaction: IdleInTransaction,
     pub unmovable_sessions: UnmovablePolicy,
     pub fence_old: bool,
+    /// Terminate sessions on old that bypass the proxy, right after the commit point.
+    pub terminate_foreign: bool,
     pub disable_subscription: bool,
     pub sequence_margin: i64,
     /// Inside the hold, compare again the chunks the last VERIFY found still changing.
     pub recheck_changing: bool,
     pub subscriptions: Vec<FileSubscription>,
+    /// How often the cutover decision is read from the servers.
+    pub decision_poll: Duration,
+    /// How long a new client waits for an unknown route before it gets 57P03.
+    pub decision_wait: Duration,
 }
 
 impl Default for CutoverConfig {
@@ -313,11 +322,14 @@ impl Default for CutoverConfig {
             max_lag_to_start: 16 * 1024 * 1024,
             idle_in_transaction: IdleInTransaction::Rollback,
             unmovable_sessions: UnmovablePolicy::Close,
-            fence_old: false,
+            fence_old: true,
+            terminate_foreign: false,
             disable_subscription: true,
             sequence_margin: 0,
             recheck_changing: false,
             subscriptions: Vec::new(),
+            decision_poll: Duration::from_secs(1),
+            decision_wait: Duration::from_secs(5),
         }
     }
 }
@@ -534,12 +546,18 @@ impl Config {
                 Some("abort") => UnmovablePolicy::Abort,
                 Some(other) => return Err(invalid("cutover.unmovable_sessions", format!("{other:?}; valid: close, abort"))),
             },
-            fence_old: c.fence_old.unwrap_or(false),
-            disable_subscription: c.disable_subscription.unwrap_or(true),
-            sequence_margin: c.sequence_margin.unwrap_or(0),
+            fence_old: c.fence_old.unwrap_or(defaults.fence_old),
+            terminate_foreign: c.terminate_foreign.unwrap_or(defaults.terminate_foreign),
+            disable_subscription: c.disable_subscription.unwrap_or(defaults.disable_subscription),
+            sequence_margin: c.sequence_margin.unwrap_or(defaults.sequence_margin),
             recheck_changing: c.recheck_changing.unwrap_or(false),
             subscriptions: c.subscriptions,
+            decision_poll: opt_duration("cutover.decision_poll", c.decision_poll)?.unwrap_or(defaults.decision_poll),
+            decision_wait: opt_duration("cutover.decision_wait", c.decision_wait)?.unwrap_or(defaults.decision_wait),
         };
+        if cutover.decision_poll < Duration::from_millis(10) {
+            return Err(invalid("cutover.decision_poll", "must be at least 10ms"));
+        }
         let file_check = file.check.unwrap_or_default();
         let check_defaults = CheckConfig::default();
         let check = CheckConfig {

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod cutover;
+pub mod faults;
 #[cfg(test)]
 mod fuzz;
 pub mod fdlimit;
@@ -19,6 +20,7 @@ pub mod net;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
+pub mod routing;
 pub mod session;
 pub mod tls;
 pub mod verify;

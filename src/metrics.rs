@@ -46,6 +46,11 @@ pub struct Metrics {
     pub verify_chunks: IntCounterVec,
     pub verify_tables: IntCounterVec,
     pub verify_running: IntGauge,
+    /// The epoch the current route follows (0: no cutover was ever started).
+    pub decision_epoch: IntGauge,
+    /// 1 while the route is known, 0 while sessions are held or refused for want of it.
+    pub routing_known: IntGauge,
+    pub decision_reads: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -89,6 +94,9 @@ impl Metrics {
             verify_chunks: counter_vec("verify_chunks_total", "Chunks VERIFY compared, by outcome", &["outcome"]),
             verify_tables: counter_vec("verify_tables_total", "Tables VERIFY compared, by result", &["result"]),
             verify_running: register(&r, IntGauge::new("verify_running", "1 while a VERIFY runs").expect("gauge")),
+            decision_epoch: register(&r, IntGauge::new("decision_epoch", "Cutover epoch the current route follows (0: none started)").expect("gauge")),
+            routing_known: register(&r, IntGauge::new("routing_known", "1 while the route is known from the cutover decision, 0 while sessions are held or refused").expect("gauge")),
+            decision_reads: counter_vec("decision_reads_total", "Reads of the cutover decision on the servers, by result", &["result"]),
             registry: r,
         }
     }

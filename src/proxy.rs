@@ -69,6 +69,8 @@ pub struct Shared {
     pub cutover: crate::cutover::Tracker,
     /// VERIFY's progress and the chunks it left still changing.
     pub verify: crate::verify::Tracker,
+    /// Where sessions go according to the durable cutover decision, and whether that is known.
+    pub routing: crate::routing::Routing,
     /// Stop accepting new clients.
     pub stop_accepting: CancellationToken,
     /// Close the sessions still open (the shutdown deadline passed).
@@ -152,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cutover_lock: tokio::sync::Mutex::new(()),
         cutover: crate::cutover::Tracker::default(),
         verify: crate::verify::Tracker::default(),
+        routing: crate::routing::Routing::new(listen_addr, metrics.clone()),
         stop_accepting: CancellationToken::new(),
         close_sessions: CancellationToken::new(),
     });
@@ -166,6 +169,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let admin_addr = crate::admin::start(&shared, &mut background).await?;
+    // The route comes from the servers before the first client is accepted.
+    let mut watcher = crate::routing::watcher::Watcher::new(shared.clone());
+    watcher.poll().await;
+    background.push(tokio::spawn(watcher.run()));
     let sessions = TaskTracker::new();
     background.push(tokio::spawn(accept_loop(listener, shared.clone(), sessions.clone())));
     tracing::info!(listen = %listen_addr, old = ?shared.config.old, new = ?shared.config.new, "pgcutover ready");

@@ -2,6 +2,7 @@
 //! Every function takes an open client so the cutover can open its connections during the
 //! preflight and reuse them while sessions are held.
 
+pub mod decision;
 pub mod readiness;
 pub mod replication;
 pub mod sequences;

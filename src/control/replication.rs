@@ -92,20 +92,8 @@ pub async fn slot_lag(old: &Client, slot: &str) -> Result<Option<i64>, ControlEr
     Ok(row.map(|r| r.get::<_, Option<i64>>(0).unwrap_or(0)))
 }
 
-/// Client connections to this database on old that do not come from the proxy.
-pub async fn foreign_connections(old: &Client, proxy_pids: &[i32]) -> Result<i64, ControlError> {
-    let row = old
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = current_database() \
-             AND backend_type = 'client backend' AND pid <> pg_catalog.pg_backend_pid() AND NOT (pid = ANY($1))",
-            &[&proxy_pids],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-pub async fn set_subscription_enabled(new: &Client, sub: &Subscription, enabled: bool) -> Result<(), ControlError> {
+pub async fn set_subscription_enabled(new: &Client, subscription: &str, enabled: bool) -> Result<(), ControlError> {
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    new.batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", super::quote_ident(&sub.name))).await?;
+    new.batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", super::quote_ident(subscription))).await?;
     Ok(())
 }

@@ -18,6 +18,11 @@ pub struct Drained {
 /// How often a session that is still busy after its interrupt gets it again.
 const INTERRUPT_REPEAT: Duration = Duration::from_millis(400);
 
+/// How long cancelled statements get to end after the drain deadline.
+pub fn grace(drain_timeout: Duration) -> Duration {
+    Duration::from_secs(2).max(drain_timeout / 2)
+}
+
 fn settled(handle: &SessionHandle) -> bool {
     !matches!(*handle.park.borrow(), Park::Running)
 }
@@ -57,7 +62,7 @@ pub async fn run(shared: &Arc<Shared>, drain_timeout: Duration, idle_in_transact
         // Cancelled statements return quickly; allow a short grace for their replies. Postgres
         // ignores a cancel that arrives before the statement starts (the request may still be
         // on its way to the server), so the interrupt is repeated until the session settles.
-        let grace_end = Instant::now() + Duration::from_secs(2).max(drain_timeout / 2);
+        let grace_end = Instant::now() + grace(drain_timeout);
         loop {
             let next = (Instant::now() + INTERRUPT_REPEAT).min(grace_end);
             let sessions = wait_settled(shared, next, aborted).await;

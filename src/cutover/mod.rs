@@ -3,6 +3,7 @@
 
 pub mod checks;
 pub mod drain;
+pub mod epoch;
 pub mod gate;
 pub mod preflight;
 pub mod prewarm;
@@ -18,7 +19,9 @@ use futures::future::join_all;
 
 use crate::backend::Role;
 use crate::config::{IdleInTransaction, UnmovablePolicy};
+use crate::control::decision::{self, CommitError, Outcome};
 use crate::control::{replication, sentinel, sequences};
+use crate::routing::Route;
 use crate::proxy::Shared;
 use crate::session::registry::{Command, Park};
 use gate::GateState;
@@ -33,6 +36,7 @@ pub struct CutoverOptions {
     pub fence_old: Option<bool>,
     /// Compare inside the hold the chunks the last VERIFY left still changing.
     pub recheck_changing: Option<bool>,
+    pub terminate_foreign: Option<bool>,
 }
 
 /// One row of CHECK: a preflight check and its outcome.
@@ -65,6 +69,11 @@ pub enum CutoverError {
     /// Aborted after holding: every session resumed on old.
     #[error("cutover aborted in phase {phase}: {reason}; every session continues on the old server")]
     Aborted { phase: String, reason: String },
+    /// The commit was sent but its reply lost, and new could not be asked since.
+    #[error("the outcome of cutover epoch {epoch} is unknown: {reason}; sessions stay held until it is known (SHOW STATUS)")]
+    OutcomeUnknown { epoch: i64, reason: String },
+    #[error("the route is not known: {0}")]
+    RoutingUnknown(String),
 }
 
 impl CutoverError {
@@ -74,6 +83,8 @@ impl CutoverError {
             CutoverError::NoNewServer | CutoverError::AlreadyDone => "55000",
             CutoverError::Preflight(_) => "55000",
             CutoverError::Aborted { .. } => "57014",
+            CutoverError::OutcomeUnknown { .. } => "40003",
+            CutoverError::RoutingUnknown(_) => "55000",
         }
     }
 }
@@ -97,6 +108,9 @@ pub async fn run(shared: &Arc<Shared>, options: CutoverOptions) -> Result<Vec<Re
     let Ok(_only_one) = shared.cutover_lock.try_lock() else { return Err(CutoverError::AlreadyRunning) };
     if shared.new.is_none() {
         return Err(CutoverError::NoNewServer);
+    }
+    if let Some(reason) = shared.routing.unknown_reason() {
+        return Err(CutoverError::RoutingUnknown(reason));
     }
     if shared.gate.state().active == Role::New {
         return Err(CutoverError::AlreadyDone);
@@ -134,6 +148,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     let catchup_timeout = options.catchup_timeout.unwrap_or(config.catchup_timeout);
     let fence_old = options.fence_old.unwrap_or(config.fence_old);
     let recheck_changing = options.recheck_changing.unwrap_or(config.recheck_changing);
+    let terminate_foreign = options.terminate_foreign.unwrap_or(config.terminate_foreign);
     let aborted = || shared.cutover.abort_requested.load(Ordering::SeqCst);
 
     // a. Preflight: nothing is held; any failure leaves everything as it was.
@@ -145,6 +160,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     if recheck_changing {
         crate::verify::recheck::prepare(&links).await.map_err(|e| CutoverError::Preflight(format!("recheck_changing: {e}")))?;
     }
+    let decision_link = epoch::prepare(shared).await.map_err(|e| CutoverError::Preflight(format!("cutover decision: {e}")))?;
     let sessions = shared.registry.all();
     let prewarmed = prewarm::run(shared, &sessions).await.map_err(|e| {
         release_standbys(shared);
@@ -171,6 +187,14 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         release_standbys(shared);
         return Err(CutoverError::Preflight("abort requested".into()));
     }
+    // The epoch opens last, just before the hold: its deadline covers the hold only.
+    let subscriptions: Vec<(String, String)> = links.iter().map(|l| (l.name.clone(), l.subscription.name.clone())).collect();
+    let deadline = drain_timeout + drain::grace(drain_timeout) + catchup_timeout + epoch::DEADLINE_MARGIN;
+    let mut epoch = epoch::begin(shared, decision_link, fence_old, &subscriptions, deadline).await.map_err(|e| {
+        release_standbys(shared);
+        CutoverError::Preflight(format!("could not open the cutover epoch: {e}"))
+    })?;
+    timeline.fact("epoch", epoch.number(), format!("pending on both servers; may commit until {} s from now", deadline.as_secs()));
 
     timeline.next(
         shared,
@@ -188,14 +212,10 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
 
     // b + c. Hold and drain.
     shared.set_held(true);
-    let abort = |phase: &str, reason: String| {
-        resume_on_old(shared);
-        CutoverError::Aborted { phase: phase.to_string(), reason }
-    };
     let idle_policy = options.idle_in_transaction.unwrap_or(config.idle_in_transaction);
     let drained = match drain::run(shared, drain_timeout, idle_policy, &aborted).await {
         Ok(d) => d,
-        Err(reason) => return Err(abort("drain", reason)),
+        Err(reason) => return Err(abort_epoch(shared, &mut epoch, timeline, "drain", reason).await),
     };
     let mut closed = 0;
     for handle in &drained.sessions {
@@ -203,7 +223,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         if let Park::Unmovable(reason) = park {
             let idle_abort = idle_policy == IdleInTransaction::Abort && reason.contains("idle in transaction");
             if idle_abort || config.unmovable_sessions == UnmovablePolicy::Abort {
-                return Err(abort("drain", format!("session {} cannot move: {reason}", handle.id)));
+                return Err(abort_epoch(shared, &mut epoch, timeline, "drain", format!("session {} cannot move: {reason}", handle.id)).await);
             }
             let message = format!("terminating connection: pgcutover cannot move this session to the new server: {reason}");
             let _ = handle.commands.send(Command::Close { sqlstate: "57P01", message });
@@ -211,28 +231,22 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         }
     }
     if aborted() {
-        return Err(abort("drain", "abort requested".into()));
+        return Err(abort_epoch(shared, &mut epoch, timeline, "drain", "abort requested".into()).await);
     }
     timeline.next(shared, "catch-up", format!("{} sessions held, {} interrupted at the deadline, {closed} unmovable closed", drained.sessions.len(), drained.interrupted));
 
     // d. Catch-up proof, per database in parallel.
     if fence_old {
-        if let Some(first) = links.first() {
-            if let Err(e) = sentinel::fence(&first.old).await {
-                return Err(abort("catch-up", format!("could not fence old: {e}")));
-            }
+        if let Err(e) = sentinel::fence(&epoch.link.old).await {
+            return Err(abort_epoch(shared, &mut epoch, timeline, "catch-up", format!("could not fence old: {e}")).await);
         }
     }
     // Backends the proxy's own sessions use on old: every other client bypasses the proxy.
-    let proxy_pids: Vec<i32> = drained
-        .sessions
-        .iter()
-        .filter_map(|h| h.cancel_target.lock().ok().and_then(|t| t.as_ref().map(|t| t.pid as i32)))
-        .collect();
+    let proxy_pids = epoch::backend_pids(&drained.sessions);
     // The proof and the sequence copy are independent: run them side by side to keep the
     // hold short. Both read old only after every session through the proxy is idle.
     let proofs = join_all(links.iter().map(|link| async {
-        let foreign = replication::foreign_connections(&link.old, &proxy_pids).await.unwrap_or(0);
+        let foreign = decision::foreign_count_here(&link.old, &proxy_pids).await.unwrap_or(0);
         let (token, lsn) = sentinel::write(&link.old).await?;
         let waited = sentinel::wait_applied(&link.new, &token, catchup_timeout, &aborted).await?;
         Ok::<_, crate::control::ControlError>((lsn, waited, foreign))
@@ -249,14 +263,6 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
         (counts, started.elapsed())
     };
     let (proofs, (synced, sequences_took)) = tokio::join!(proofs, synced);
-    let links_ref = &links;
-    let fail = |phase: &'static str, reason: String| async move {
-        if fence_old {
-            unfence(links_ref).await;
-        }
-        resume_on_old(shared);
-        CutoverError::Aborted { phase: phase.to_string(), reason }
-    };
     let mut proven = Vec::new();
     for (link, proof) in links.iter().zip(proofs) {
         match proof {
@@ -264,25 +270,22 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
                 proven.push(format!("{}@{lsn}", link.name));
                 timeline.fact(&format!("{}: lsn proven", link.name), &lsn, format!("sentinel applied on new after {} ms", timeline::ms(waited)));
                 if foreign > 0 {
-                    timeline.fact(
-                        &format!("{}: connections bypassing the proxy", link.name),
-                        foreign,
-                        "their writes to old after this point are not moved (use fence_old=true)",
-                    );
+                    let fate = if terminate_foreign { "terminated at the commit point" } else if fence_old { "fenced: their writes fail" } else { "their writes to old after this point are not moved (use fence_old=true)" };
+                    timeline.fact(&format!("{}: connections bypassing the proxy", link.name), foreign, fate);
                 }
             }
-            Err(e) => return Err(fail("catch-up", format!("{}: {e}", link.name)).await),
+            Err(e) => return Err(abort_epoch(shared, &mut epoch, timeline, "catch-up", format!("{}: {e}", link.name)).await),
         }
     }
     let mut sequence_count = 0;
     for (link, result) in links.iter().zip(synced) {
         match result {
             Ok(n) => sequence_count += n,
-            Err(e) => return Err(fail("sequences", format!("{}: {e}", link.name)).await),
+            Err(e) => return Err(abort_epoch(shared, &mut epoch, timeline, "sequences", format!("{}: {e}", link.name)).await),
         }
     }
     if aborted() {
-        return Err(fail("catch-up", "abort requested".into()).await);
+        return Err(abort_epoch(shared, &mut epoch, timeline, "catch-up", "abort requested".into()).await);
     }
     timeline.fact("sequences synced", sequence_count, format!("copied in {} ms, alongside the catch-up proof", timeline::ms(sequences_took)));
     if recheck_changing {
@@ -297,35 +300,79 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
                 "skipped",
                 format!("{n} chunks were still changing at the last VERIFY, more than verify.hold_recheck_max_chunks ({})", shared.live().verify.hold_recheck_max_chunks),
             ),
-            Err(reason) => return Err(fail("verify recheck", reason).await),
+            Err(reason) => return Err(abort_epoch(shared, &mut epoch, timeline, "verify recheck", reason).await),
         }
     }
     timeline.next(shared, "rebind", format!("new has applied every commit old acknowledged: {}; {sequence_count} sequences copied", proven.join(", ")));
 
-    // f. Rebind: the commit point. From here on there is no abort.
+    // e. THE COMMIT POINT: the decision row on new says committed. From here on there is no abort.
+    let proven_lsn = proven.join(", ");
+    match epoch.commit(&proven_lsn).await {
+        Ok(()) => {}
+        Err(CommitError::Refused) => {
+            let reason = "the epoch was no longer pending at its commit point (its deadline passed)".to_string();
+            return Err(abort_epoch(shared, &mut epoch, timeline, "commit", reason).await);
+        }
+        Err(CommitError::Failed(e)) => return Err(abort_epoch(shared, &mut epoch, timeline, "commit", format!("new refused the commit: {e}")).await),
+        Err(CommitError::Unknown(e)) => {
+            tracing::error!(epoch = epoch.number(), error = %e, "the reply to the commit was lost; asking new for the outcome");
+            match epoch.settle_unknown(shared).await {
+                Some(Outcome::Committed) => {}
+                Some(_) => return Err(abort_epoch(shared, &mut epoch, timeline, "commit", format!("the reply to the commit was lost ({e}), and the epoch was then aborted")).await),
+                None => {
+                    let reason = format!("the commit was sent to new, which then became unreachable ({e})");
+                    shared.routing.set_unknown(format!("the outcome of cutover epoch {} is unknown: {reason}", epoch.number()), true);
+                    return Err(CutoverError::OutcomeUnknown { epoch: epoch.number(), reason });
+                }
+            }
+        }
+    }
+    shared.routing.set_known(Route::Active { role: Role::New, epoch: Some(epoch.number()), committed: true });
+    timeline.fact("epoch committed", epoch.number(), format!("decision row on new; lsn proven {proven_lsn}"));
+
+    // f. Rebind: every session continues on new.
     let rebound = rebind::run(shared, &drained.sessions).await;
     timeline.next(shared, "cleanup", format!("{} sessions moved, {} closed", rebound.moved, rebound.closed));
     timeline.fact("sessions moved", rebound.moved, "");
     timeline.fact("sessions interrupted", drained.interrupted, "statements cancelled or idle transactions rolled back at the drain deadline");
     timeline.fact("sessions closed", closed + rebound.closed, "could not move");
     timeline.fact("longest hold", format!("{} ms", rebound.longest_hold_ms), "longest time a session waited");
-    timeline.fact("lsn proven", proven.join(", "), "");
+    timeline.fact("lsn proven", proven_lsn, "");
     if rebound.not_confirmed > 0 {
         timeline.fact("sessions unconfirmed", rebound.not_confirmed, "did not confirm the move within 5 s");
     }
-    if config.disable_subscription {
-        for link in &links {
-            match replication::set_subscription_enabled(&link.new, &link.subscription, false).await {
-                Ok(()) => timeline.fact(&format!("{}: subscription", link.name), "disabled", link.subscription.name.clone()),
-                Err(e) => timeline.fact(&format!("{}: subscription", link.name), "still enabled", format!("could not disable: {e}")),
-            }
+    if terminate_foreign {
+        match decision::terminate_foreign(&epoch.link.old, &proxy_pids).await {
+            Ok(n) => timeline.fact("sessions bypassing the proxy", n, "terminated on old at the commit point"),
+            Err(e) => timeline.fact("sessions bypassing the proxy", "not terminated", e.to_string()),
         }
+    }
+    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old).await {
+        timeline.fact(&fact.item, fact.value, fact.detail);
     }
     timeline.next(shared, "done", "");
     Ok(())
 }
 
-/// Abort: every held session continues on old, as after PAUSE/RESUME; no client sees an error.
+/// Abort after the epoch opened: record it on new (a conditional write that never overrides a
+/// commit), lift the fence, mirror it on old, and only then let every held session continue
+/// on old, as after PAUSE/RESUME: no client sees an error.
+async fn abort_epoch(shared: &Shared, epoch: &mut epoch::OpenEpoch, timeline: &mut Timeline, phase: &str, reason: String) -> CutoverError {
+    let outcome = epoch.abort(&reason).await;
+    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old).await {
+        timeline.fact(&fact.item, fact.value, fact.detail);
+    }
+    if outcome == Outcome::Committed {
+        // Only after a lost commit reply: the epoch did commit. The watcher moves sessions.
+        shared.routing.set_unknown(format!("cutover epoch {} committed after its coordinator gave up on it", epoch.number()), true);
+    } else {
+        shared.routing.set_known(Route::Active { role: Role::Old, epoch: Some(epoch.number()), committed: false });
+        resume_on_old(shared);
+    }
+    CutoverError::Aborted { phase: phase.to_string(), reason }
+}
+
+/// Every held session continues on old, as after PAUSE/RESUME; no client sees an error.
 fn resume_on_old(shared: &Shared) {
     shared.set_gate(GateState { held: false, active: Role::Old });
 }
@@ -334,14 +381,6 @@ fn resume_on_old(shared: &Shared) {
 fn release_standbys(shared: &Shared) {
     for handle in shared.registry.all() {
         let _ = handle.commands.send(Command::DropStandby);
-    }
-}
-
-async fn unfence(links: &[preflight::DatabaseLink]) {
-    if let Some(first) = links.first() {
-        if let Err(e) = sentinel::unfence(&first.old).await {
-            tracing::error!(error = %e, "could not lift the fence on old: run ALTER SYSTEM RESET default_transaction_read_only there");
-        }
     }
 }
 
@@ -383,13 +422,18 @@ pub fn resume(shared: &Shared) -> Result<(), CutoverError> {
     if shared.cutover_lock.try_lock().is_err() {
         return Err(CutoverError::AlreadyRunning);
     }
+    if shared.routing.watcher_holds_gate() {
+        return Err(CutoverError::RoutingUnknown(shared.routing.unknown_reason().unwrap_or_default()));
+    }
     shared.set_held(false);
     Ok(())
 }
 
 /// CHECK: the preflight, without holding anything.
 pub async fn check(shared: &Arc<Shared>) -> Vec<CheckRow> {
-    preflight::run(shared, false).await.0
+    let mut rows = preflight::run(shared, false).await.0;
+    rows.extend(epoch::check_rows(shared).await);
+    rows
 }
 
 /// SHOW STATUS rows: (field, value).
@@ -412,6 +456,7 @@ pub async fn status(shared: &Arc<Shared>) -> Vec<(String, String)> {
         ("old".to_string(), shared.old.config.address()),
         ("new".to_string(), shared.new.as_ref().map(|n| n.config.address()).unwrap_or_else(|| "-".into())),
     ];
+    rows.extend(shared.routing.status_rows());
     let lag = match crate::control::connect(&shared.old.config, &shared.old.config.database).await {
         Ok(old) => match old
             .query("SELECT slot_name::text, (pg_catalog.pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_catalog.pg_replication_slots WHERE slot_type = 'logical' ORDER BY 1", &[])

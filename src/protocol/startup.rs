@@ -69,6 +69,11 @@ impl StartupMessage {
         &self.protocol_options
     }
 
+    /// A setting the client gave at startup (e.g. `application_name`).
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
     /// A plain 3.0 message for `user`, for unit tests elsewhere.
     #[cfg(test)]
     pub(crate) fn for_user(user: &str) -> Self {

@@ -69,7 +69,9 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
     let user = startup.user().to_string();
     let database = startup.database().to_string();
 
-    // During a hold, new clients are authenticated but wait here for the server to use.
+    // During a hold, new clients are authenticated but wait here for the server to use; while
+    // the route is unknown (routing::Routing), at most `decision_wait`, then 57P03.
+    let refuse_at = tokio::time::Instant::now() + shared.config.cutover.decision_wait;
     let (role, connecting) = loop {
         let entered = shared.registry.enter();
         let gate = shared.gate.state();
@@ -77,8 +79,19 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
             break (gate.active, entered);
         }
         drop(entered);
+        let now = tokio::time::Instant::now();
+        if now >= refuse_at && !shared.routing.is_known() {
+            let frame = shared.routing.refusal();
+            shared.metrics.error("57P03");
+            let _ = reader.get_mut().write_all(&frame).await;
+            tracing::warn!(client = %addr, %user, %database, reason = ?shared.routing.unknown_reason(), "session refused: the route is not known");
+            return;
+        }
+        // Woken to look at the route again: it may become unknown during a hold.
+        let look_again = if now < refuse_at { refuse_at } else { now + std::time::Duration::from_millis(250) };
         tokio::select! {
             _ = shared.gate.wait_open() => {}
+            _ = tokio::time::sleep_until(look_again) => {}
             _ = shared.close_sessions.cancelled() => return,
         }
     };
@@ -94,7 +107,12 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
             if matches!(e, backend::BackendError::OutOfFiles { .. }) {
                 shared.metrics.rejected_clients.with_label_values(&["out_of_files"]).inc();
             }
-            let frame = e.client_frame();
+            // Never another server: one a committed decision retired is not a fallback.
+            let refusal = match &e {
+                backend::BackendError::Unreachable { .. } => shared.routing.unreachable_refusal(role, &e.to_string()),
+                _ => None,
+            };
+            let frame = refusal.unwrap_or_else(|| e.client_frame());
             shared.metrics.error(&messages::parse_error_fields(&frame[5..]).code);
             let _ = reader.get_mut().write_all(&frame).await;
             tracing::warn!(client = %addr, %user, %database, error = %e, "could not open a server connection");

@@ -164,7 +164,7 @@ async fn show_sessions_with_no_sessions() {
     let running = start(config()).await;
     let client = connect(&console(&running)).await.expect("connect");
     let (columns, rows) = query(&client, "SHOW SESSIONS").await.expect("SHOW SESSIONS");
-    assert_eq!(columns, ["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move"]);
+    assert_eq!(columns, ["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move", "application_name"]);
     assert!(rows.is_empty(), "{rows:?}");
     running.shutdown().await;
 }

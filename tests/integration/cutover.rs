@@ -13,18 +13,29 @@ use support::proxy::{RawConn, TestProxy};
 use support::{PgServer, HOST, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// A proxy in front of `old` and `new` with trust auth for clients; logs into the servers as
-/// the superuser with the rig's password.
-pub(crate) fn proxy(old: &PgServer, new: &PgServer, file: FileConfig) -> TestProxy {
+/// the superuser with the rig's password. Its control database (where the cutover decision is
+/// kept) is a fresh one of its own on both servers, so that proxies of other tests on the same
+/// servers never see its decision. Old is fenced only if `file` asks for it: other tests write
+/// to the shared old server.
+pub(crate) fn proxy(old: &PgServer, new: &PgServer, mut file: FileConfig) -> TestProxy {
+    let control = old.create_database("ctl");
+    new.create_database_named(&control);
+    let cutover = file.cutover.get_or_insert_with(Default::default);
+    cutover.fence_old = cutover.fence_old.or(Some(false));
+    TestProxy::start(proxy_config(old, new, &control, file))
+}
+
+/// The config of [`proxy`], with `control` as the control database on both servers.
+pub(crate) fn proxy_config(old: &PgServer, new: &PgServer, control: &str, file: FileConfig) -> Config {
     let overrides = Overrides {
         listen: Some("127.0.0.1:0".into()),
         admin_listen: Some("127.0.0.1:0".into()),
-        old: Some(old.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
-        new: Some(new.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")),
+        old: Some(old.url(SUPERUSER, SUPERUSER_PASSWORD, control)),
+        new: Some(new.url(SUPERUSER, SUPERUSER_PASSWORD, control)),
         auth: Some("trust".into()),
         ..Default::default()
     };
-    let config = Config::from_parts(file, &overrides).unwrap_or_else(|e| panic!("config: {e}"));
-    TestProxy::start(config)
+    Config::from_parts(file, &overrides).unwrap_or_else(|e| panic!("config: {e}"))
 }
 
 /// Runs a cutover on the proxy's runtime, as the admin console does.
@@ -597,7 +608,8 @@ fn operator_flow_with_the_binaries() {
     let binary = env!("CARGO_BIN_EXE_pgcutover");
     let mut serve = Command::new(binary)
         .args(["serve", "--listen", &format!("127.0.0.1:{listen}"), "--admin-listen", &format!("127.0.0.1:{admin}"), "--auth", "trust"])
-        .args(["--old", &old.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres"), "--new", &new.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres")])
+        // The test's own database is the control database: its decision stays its own.
+        .args(["--old", &old.url(SUPERUSER, SUPERUSER_PASSWORD, &db), "--new", &new.url(SUPERUSER, SUPERUSER_PASSWORD, &db)])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -622,7 +634,8 @@ fn operator_flow_with_the_binaries() {
     assert!(check.status.success(), "CHECK: {}", String::from_utf8_lossy(&check.stderr));
     // A drain deadline far above the default: this test is about the operator's flow and lost
     // transactions, on a machine of any speed.
-    let cut = admin_cmd("CUTOVER drain_timeout=30s");
+    // fence_old=false: the shared old server serves other tests.
+    let cut = admin_cmd("CUTOVER drain_timeout=30s fence_old=false");
     let report = String::from_utf8_lossy(&cut.stdout).to_string();
     assert!(cut.status.success(), "CUTOVER failed: {}{report}", String::from_utf8_lossy(&cut.stderr));
     assert!(report.contains("completed"), "{report}");

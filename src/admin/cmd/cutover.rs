@@ -12,11 +12,11 @@ use crate::config::{parse_duration, IdleInTransaction};
 use crate::cutover::CutoverOptions;
 use crate::proxy::Shared;
 
-pub const OPTIONS_HELP: &str =
-    "move every session to the new server; options: drain_timeout=2s, catchup_timeout=5s, idle_in_transaction=rollback|terminate|abort, fence_old=true|false, recheck_changing=true|false";
+pub const OPTIONS_HELP: &str = "move every session to the new server; options: drain_timeout=2s, catchup_timeout=5s, \
+     idle_in_transaction=rollback|terminate|abort, fence_old=true|false, terminate_foreign=true|false, recheck_changing=true|false";
 
-const VALID_OPTIONS: &str =
-    "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, fence_old=true|false, recheck_changing=true|false";
+const VALID_OPTIONS: &str = "drain_timeout=<duration>, catchup_timeout=<duration>, idle_in_transaction=rollback|terminate|abort, \
+     fence_old=true|false, terminate_foreign=true|false, recheck_changing=true|false";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cutover {
@@ -25,6 +25,7 @@ pub struct Cutover {
     pub idle_in_transaction: Option<IdleInTransaction>,
     pub fence_old: Option<bool>,
     pub recheck_changing: Option<bool>,
+    pub terminate_foreign: Option<bool>,
 }
 
 impl Cutover {
@@ -38,6 +39,7 @@ impl Cutover {
                 "idle_in_transaction" => cutover.idle_in_transaction.replace(idle_policy(&value)?).is_some(),
                 "fence_old" => cutover.fence_old.replace(boolean(&key, &value)?).is_some(),
                 "recheck_changing" => cutover.recheck_changing.replace(boolean(&key, &value)?).is_some(),
+                "terminate_foreign" => cutover.terminate_foreign.replace(boolean(&key, &value)?).is_some(),
                 _ => return Err(AdminError::syntax(format!("CUTOVER: unknown option \"{key}\"; valid options: {VALID_OPTIONS}"))),
             };
             if duplicate {
@@ -54,6 +56,7 @@ impl Cutover {
             idle_in_transaction: self.idle_in_transaction,
             fence_old: self.fence_old,
             recheck_changing: self.recheck_changing,
+            terminate_foreign: self.terminate_foreign,
         };
         let shared = shared.clone();
         // cutover::run allows one cutover at a time; a concurrent one gets its error.
@@ -120,11 +123,12 @@ mod tests {
 
     #[test]
     fn every_option() {
-        let c = parse("drain_timeout=500ms CATCHUP_TIMEOUT = 1m, idle_in_transaction='terminate' fence_old=true").expect("parses");
+        let c = parse("drain_timeout=500ms CATCHUP_TIMEOUT = 1m, idle_in_transaction='terminate' fence_old=true terminate_foreign=yes").expect("parses");
         assert_eq!(c.drain_timeout, Some(Duration::from_millis(500)));
         assert_eq!(c.catchup_timeout, Some(Duration::from_secs(60)));
         assert_eq!(c.idle_in_transaction, Some(IdleInTransaction::Terminate));
         assert_eq!(c.fence_old, Some(true));
+        assert_eq!(c.terminate_foreign, Some(true));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! `SHOW SESSIONS`: one row per client session, with whether it could move right now.
+//! `SHOW SESSIONS`: one row per client session, with whether it could move right now, then one
+//! per session on the active server that bypasses the proxy (id `direct:<pid>`, server
+//! `<name> (direct)`).
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use crate::admin::reply::{AdminError, CommandResult, ResultSet};
 use crate::proxy::Shared;
 use crate::session::registry::{SessionHandle, Status, PROBE_WAIT};
 
-pub const COLUMNS: &[&str] = &["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move"];
+pub const COLUMNS: &[&str] = &["id", "client_addr", "user", "database", "state", "tx_status", "server", "age_s", "prepared", "can_move", "application_name"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShowSessions;
@@ -29,11 +31,23 @@ impl ShowSessions {
             }
             set.push(row);
         }
+        if shared.new.is_some() {
+            match crate::cutover::epoch::foreign_sessions(shared).await {
+                Ok(foreign) => {
+                    let server = format!("{} (direct)", shared.gate.state().active.as_str());
+                    for f in foreign {
+                        let can_move = "no: connected to the server directly, not through pgcutover".to_string();
+                        set.push([format!("direct:{}", f.pid), f.client_addr, f.user, f.database, f.state, "-".into(), server.clone(), "-".into(), "-".into(), can_move, f.application_name]);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "SHOW SESSIONS: cannot list the sessions that bypass the proxy"),
+            }
+        }
         Ok(set)
     }
 }
 
-fn row(handle: &SessionHandle, status: &Status) -> [String; 10] {
+fn row(handle: &SessionHandle, status: &Status) -> [String; 11] {
     [
         handle.id.to_string(),
         handle.client_addr.to_string(),
@@ -45,6 +59,7 @@ fn row(handle: &SessionHandle, status: &Status) -> [String; 10] {
         handle.started.elapsed().as_secs().to_string(),
         status.prepared.to_string(),
         can_move(status),
+        handle.startup.setting("application_name").unwrap_or("").to_string(),
     ]
 }
 
