@@ -168,11 +168,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
-    let admin_addr = crate::admin::start(&shared, &mut background).await?;
-    // The route comes from the servers before the first client is accepted.
+    // The route comes from the servers before the first client or console command is served.
     let mut watcher = crate::routing::watcher::Watcher::new(shared.clone());
     watcher.poll().await;
     background.push(tokio::spawn(watcher.run()));
+    let admin_addr = crate::admin::start(&shared, &mut background).await?;
     let sessions = TaskTracker::new();
     background.push(tokio::spawn(accept_loop(listener, shared.clone(), sessions.clone())));
     tracing::info!(listen = %listen_addr, old = ?shared.config.old, new = ?shared.config.new, "pgcutover ready");

@@ -92,6 +92,19 @@ pub async fn slot_lag(old: &Client, slot: &str) -> Result<Option<i64>, ControlEr
     Ok(row.map(|r| r.get::<_, Option<i64>>(0).unwrap_or(0)))
 }
 
+/// Whether subscription `name` of `database` is enabled (None: there is no such subscription).
+/// `pg_subscription` is shared by all databases: any connection to the server can tell.
+pub async fn subscription_enabled(client: &Client, database: &str, name: &str) -> Result<Option<bool>, ControlError> {
+    let row = client
+        .query_opt(
+            "SELECT s.subenabled FROM pg_catalog.pg_subscription s JOIN pg_catalog.pg_database d ON d.oid = s.subdbid \
+             WHERE d.datname = $1 AND s.subname = $2",
+            &[&database, &name],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 pub async fn set_subscription_enabled(new: &Client, subscription: &str, enabled: bool) -> Result<(), ControlError> {
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
     new.batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", super::quote_ident(subscription))).await?;

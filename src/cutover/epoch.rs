@@ -51,7 +51,7 @@ pub async fn prepare(shared: &Shared) -> Result<DecisionLink, String> {
         return Err(format!("old and new are the same cluster (system_identifier {old_id}): check --old and --new"));
     }
     let next_epoch = old_view.max_epoch.max(new_view.max_epoch) + 1;
-    match resolve::resolve(&Read::Seen(old_view), &Read::Seen(new_view)).route {
+    match resolve::resolve(&Read::Seen(Box::new(old_view)), &Read::Seen(Box::new(new_view))).route {
         Route::Active { role, .. } if role == shared.gate.state().active => Ok(DecisionLink { old, new, old_id, new_id, next_epoch }),
         Route::Active { role, epoch, .. } => Err(format!(
             "the recorded decision (epoch {}) routes sessions to the {} server, not to where this proxy runs them",
@@ -199,7 +199,7 @@ impl OpenEpoch {
 /// the epoch planned a fence, disables the subscriptions on its target after a commit, and last
 /// mirrors the outcome into the marker. Every step is idempotent: whoever finds the marker still
 /// pending under a settled decision does it all again. Returns what was done, for the report.
-pub async fn finish(shared: &Shared, row: &EpochRow, source: &Client) -> Vec<ReportRow> {
+pub async fn finish(shared: &Shared, row: &EpochRow, source: &Client, target: Option<&Client>) -> Vec<ReportRow> {
     let mut facts = Vec::new();
     let mut fact = |item: String, value: &str, detail: String| facts.push(ReportRow { item, value: value.to_string(), detail });
     let mut complete = true;
@@ -221,21 +221,14 @@ pub async fn finish(shared: &Shared, row: &EpochRow, source: &Client) -> Vec<Rep
         }
         _ => {}
     }
-    if row.state == Outcome::Committed && shared.config.cutover.disable_subscription {
-        let target = shared.server(row.target).map(|s| s.config.clone());
+    if row.state == Outcome::Committed && shared.live().cutover.disable_subscription {
         for (database, subscription) in row.databases.iter().zip(&row.subscriptions) {
-            let disabled = match &target {
-                Some(config) => match control::connect(config, database).await {
-                    Ok(client) => replication::set_subscription_enabled(&client, subscription, false).await,
-                    Err(e) => Err(e),
-                },
-                None => Err(control::ControlError::Query(format!("no {} server configured", row.target.as_str()))),
-            };
-            match disabled {
-                Ok(()) => fact(format!("{database}: subscription"), "disabled", subscription.clone()),
+            let item = format!("{database}: subscription");
+            match disable_subscription(shared, row.target, target, database, subscription).await {
+                Ok(done) => fact(item, done, subscription.clone()),
                 Err(e) => {
                     complete = false;
-                    fact(format!("{database}: subscription"), "still enabled", format!("could not disable {subscription}: {e}"));
+                    fact(item, "still enabled", format!("could not disable {subscription}: {e}"));
                 }
             }
         }
@@ -247,6 +240,22 @@ pub async fn finish(shared: &Shared, row: &EpochRow, source: &Client) -> Vec<Rep
         }
     }
     facts
+}
+
+/// Disables a subscription on `role` (the target) unless it is gone or disabled already.
+async fn disable_subscription(shared: &Shared, role: Role, client: Option<&Client>, database: &str, subscription: &str) -> Result<&'static str, control::ControlError> {
+    let unreachable = || control::ControlError::Query(format!("the {} server cannot be reached", role.as_str()));
+    let enabled = replication::subscription_enabled(client.ok_or_else(unreachable)?, database, subscription).await?;
+    match enabled {
+        None => Ok("gone"),
+        Some(false) => Ok("disabled"),
+        Some(true) => {
+            let server = shared.server(role).ok_or_else(unreachable)?;
+            let in_database = control::connect(&server.config, database).await?;
+            replication::set_subscription_enabled(&in_database, subscription, false).await?;
+            Ok("disabled")
+        }
+    }
 }
 
 /// The backend pids of these sessions (what `pg_stat_activity` shows for them).
@@ -283,7 +292,7 @@ pub async fn check_rows(shared: &Shared) -> Vec<super::CheckRow> {
             decision::read(&client, role).await
         };
         let (old, new) = tokio::join!(read(shared.old.config.clone(), Role::Old), read(new_server.config.clone(), Role::New));
-        let as_read = |r: Result<decision::ServerView, control::ControlError>| r.map_or_else(|e| Read::Unreachable(e.to_string()), Read::Seen);
+        let as_read = |r: Result<decision::ServerView, control::ControlError>| r.map_or_else(|e| Read::Unreachable(e.to_string()), |v| Read::Seen(Box::new(v)));
         let both_found = matches!((&old, &new), (Ok(o), Ok(n)) if o.latest.is_none() && n.latest.is_none());
         rows.push(match resolve::resolve(&as_read(old), &as_read(new)).route {
             Route::Active { role, epoch: None, .. } if both_found => {
@@ -304,7 +313,7 @@ pub async fn check_rows(shared: &Shared) -> Vec<super::CheckRow> {
                 .iter()
                 .map(|s| format!("pid {} user {} application_name {:?} from {} database {} ({})", s.pid, s.user, s.application_name, s.client_addr, s.database, s.state))
                 .collect();
-            let fate = if shared.config.cutover.fence_old { "the fence refuses their writes after the commit point" } else { "their writes after the commit point are not moved" };
+            let fate = if shared.live().cutover.fence_old { "the fence refuses their writes after the commit point" } else { "their writes after the commit point are not moved" };
             row(
                 "sessions bypassing the proxy",
                 "warn",

@@ -347,7 +347,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
             Err(e) => timeline.fact("sessions bypassing the proxy", "not terminated", e.to_string()),
         }
     }
-    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old).await {
+    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old, Some(&epoch.link.new)).await {
         timeline.fact(&fact.item, fact.value, fact.detail);
     }
     timeline.next(shared, "done", "");
@@ -359,7 +359,7 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
 /// on old, as after PAUSE/RESUME: no client sees an error.
 async fn abort_epoch(shared: &Shared, epoch: &mut epoch::OpenEpoch, timeline: &mut Timeline, phase: &str, reason: String) -> CutoverError {
     let outcome = epoch.abort(&reason).await;
-    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old).await {
+    for fact in epoch::finish(shared, &epoch.row, &epoch.link.old, Some(&epoch.link.new)).await {
         timeline.fact(&fact.item, fact.value, fact.detail);
     }
     if outcome == Outcome::Committed {

@@ -23,7 +23,7 @@ pub enum Read {
     /// No such server in the configuration (no `--new`).
     NotConfigured,
     Unreachable(String),
-    Seen(ServerView),
+    Seen(Box<ServerView>),
 }
 
 impl Read {
@@ -299,7 +299,7 @@ mod tests {
         let latest = world.rows.iter().filter(|r| r.kept_on == role).max_by_key(|r| r.epoch).cloned();
         let max_epoch = world.rows.iter().map(|r| r.epoch).max().unwrap_or(0);
         let pairs = if latest.is_some() { vec![(OLD_ID, NEW_ID)] } else { vec![] };
-        Read::Seen(ServerView { system_identifier: if role == Role::Old { OLD_ID } else { NEW_ID }, latest, max_epoch, pairs })
+        Read::Seen(Box::new(ServerView { system_identifier: if role == Role::Old { OLD_ID } else { NEW_ID }, latest, max_epoch, pairs }))
     }
 
     fn histories() -> Vec<Vec<Stage>> {
@@ -353,7 +353,7 @@ mod tests {
 
     #[test]
     fn fresh_install_goes_to_old_even_with_one_server_down() {
-        let empty = |id| Read::Seen(ServerView { system_identifier: id, latest: None, max_epoch: 0, pairs: vec![] });
+        let empty = |id| Read::Seen(Box::new(ServerView { system_identifier: id, latest: None, max_epoch: 0, pairs: vec![] }));
         let down = Read::Unreachable("refused".into());
         let old_route = Route::Active { role: Role::Old, epoch: None, committed: false };
         assert_eq!(resolve(&empty(OLD_ID), &empty(NEW_ID)).route, old_route);
@@ -413,11 +413,11 @@ mod tests {
         let r = resolve(&old, &Read::Unreachable("down".into())).route;
         assert!(matches!(r, Route::Refuse { .. }), "{r:?}");
         // A server without rows is not checked against anything.
-        let empty = Read::Seen(ServerView { system_identifier: 44, latest: None, max_epoch: 0, pairs: vec![] });
+        let empty = Read::Seen(Box::new(ServerView { system_identifier: 44, latest: None, max_epoch: 0, pairs: vec![] }));
         assert!(matches!(resolve(&empty, &Read::NotConfigured).route, Route::Active { role: Role::Old, .. }));
         // Old and new swapped: each server's own rows are filtered out by `kept_on`, but the
         // pair the table records gives the mistake away.
-        let as_swapped = |id: i64| Read::Seen(ServerView { system_identifier: id, latest: None, max_epoch: 1, pairs: vec![(OLD_ID, NEW_ID)] });
+        let as_swapped = |id: i64| Read::Seen(Box::new(ServerView { system_identifier: id, latest: None, max_epoch: 1, pairs: vec![(OLD_ID, NEW_ID)] }));
         let r = resolve(&as_swapped(NEW_ID), &as_swapped(OLD_ID)).route;
         assert!(matches!(&r, Route::Refuse { reason } if reason.contains("other clusters")), "{r:?}");
     }

@@ -50,7 +50,7 @@ impl Watcher {
 
     pub async fn run(mut self) {
         loop {
-            let poll = self.shared.config.cutover.decision_poll;
+            let poll = self.shared.live().cutover.decision_poll;
             let pause = if self.shared.routing.is_known() { poll } else { poll.min(UNKNOWN_POLL) };
             tokio::time::sleep(pause).await;
             self.poll().await;
@@ -160,7 +160,7 @@ impl Watcher {
         }
         tracing::warn!(server = role.as_str(), ?route, "the cutover decision routes sessions to another server: moving this instance's sessions there");
         shared.set_gate(GateState { held: true, active: role });
-        let config = &shared.config.cutover;
+        let config = shared.live().cutover.clone();
         if let Err(reason) = drain::run(shared, config.drain_timeout, config.idle_in_transaction, &|| false).await {
             tracing::warn!(%reason, "some sessions did not reach a transaction boundary in time");
         }
@@ -195,7 +195,7 @@ impl Watcher {
 
     async fn finish(&mut self, row: &EpochRow) {
         let Some(source) = self.client(row.source) else { return };
-        let facts = crate::cutover::epoch::finish(&self.shared, row, source).await;
+        let facts = crate::cutover::epoch::finish(&self.shared, row, source, self.client(row.target)).await;
         let done: Vec<String> = facts.iter().map(|f| format!("{} {} {}", f.item, f.value, f.detail)).collect();
         tracing::info!(epoch = row.epoch, outcome = row.state.as_str(), done = %done.join("; "), "finished a settled cutover epoch");
     }
@@ -217,7 +217,7 @@ impl Watcher {
     /// Sessions held longer than `decision_wait` for want of a route are closed with 57P03.
     fn refuse_held_sessions(&self) {
         let Some((since, true)) = self.shared.routing.unknown_since() else { return };
-        if since.elapsed() < self.shared.config.cutover.decision_wait {
+        if since.elapsed() < self.shared.live().cutover.decision_wait {
             return;
         }
         let reason = self.shared.routing.unknown_reason().unwrap_or_default();
@@ -247,7 +247,7 @@ async fn read(shared: &Shared, role: Role, slot: &mut Option<Client>) -> Read {
     })
     .await;
     match attempt {
-        Ok(Ok(view)) => Read::Seen(view),
+        Ok(Ok(view)) => Read::Seen(Box::new(view)),
         Ok(Err(e)) => {
             *slot = None;
             Read::Unreachable(e.to_string())

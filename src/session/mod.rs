@@ -71,7 +71,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
 
     // During a hold, new clients are authenticated but wait here for the server to use; while
     // the route is unknown (routing::Routing), at most `decision_wait`, then 57P03.
-    let refuse_at = tokio::time::Instant::now() + shared.config.cutover.decision_wait;
+    let refuse_at = tokio::time::Instant::now() + shared.live().cutover.decision_wait;
     let (role, connecting) = loop {
         let entered = shared.registry.enter();
         let gate = shared.gate.state();

@@ -219,7 +219,7 @@ async fn unix_socket_is_private_and_psql_style_connections_work() {
     c.host_path(dir.path()).port(6433).user("admin").dbname("anything");
     let client = connect(&c).await.expect("trusted over the socket");
     let (columns, rows) = query(&client, "SHOW SESSIONS").await.expect("SHOW SESSIONS");
-    assert_eq!(columns.len(), 10);
+    assert_eq!(columns.len(), 11);
     assert!(rows.is_empty());
     running.shutdown().await;
     assert!(!path.exists(), "shutdown removes the socket");

@@ -9,6 +9,7 @@ mod auth_passthrough;
 mod backend_tls;
 mod cutover;
 mod cutover_replay;
+mod durable;
 mod memory;
 mod ops;
 mod proxy_auth;
