@@ -71,7 +71,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
 
     // During a hold, new clients are authenticated but wait here for the server to use; while
     // the route is unknown (routing::Routing), at most `decision_wait`, then 57P03.
-    let refuse_at = tokio::time::Instant::now() + shared.live().cutover.decision_wait;
+    let mut refuse_at = None;
     let (role, connecting) = loop {
         let entered = shared.registry.enter();
         let gate = shared.gate.state();
@@ -80,6 +80,7 @@ pub async fn serve_client(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr,
         }
         drop(entered);
         let now = tokio::time::Instant::now();
+        let refuse_at = *refuse_at.get_or_insert_with(|| now + shared.live().cutover.decision_wait);
         if now >= refuse_at && !shared.routing.is_known() {
             let frame = shared.routing.refusal();
             shared.metrics.error("57P03");

@@ -436,7 +436,7 @@ fn check_names_a_role_whose_verifier_differs_on_new() {
     let db = old.create_database("ap_check");
     old.psql(&db, "CREATE TABLE t (id int PRIMARY KEY)");
     let _replication = support::setup_replication(old, new, &db);
-    let proxy = passthrough_proxy("scram-sha-256").new_server(new).start();
+    let proxy = passthrough_proxy("scram-sha-256").new_server(old, new).start();
     let mut sessions: Vec<RawConn> = [&same, &differs].iter().map(|r| RawConn::login(proxy.addr, &r.name, PW, &db)).collect();
 
     let check_row = || {
@@ -470,7 +470,7 @@ fn cutover_under_pgbench_moves_pass_through_sessions() {
     let scram = TempRole::scram("ap_cut_s", "cut-pw-8d", &[old, new]);
     let md5 = TempRole::md5("ap_cut_m", "cut-pw-9e", false, &[old, new]);
     let (db, _replication) = crate::cutover::pgbench_db(old, new, "ap_cut", "");
-    let proxy = passthrough_proxy("md5").new_server(new).start();
+    let proxy = passthrough_proxy("md5").new_server(old, new).start();
     const CLIENTS: usize = 8;
     let loads = [(&scram, "simple"), (&md5, "extended"), (&scram, "prepared")];
     let benches: Vec<_> = loads

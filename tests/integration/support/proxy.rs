@@ -93,10 +93,20 @@ impl ProxyBuilder {
         self.configure(move |file, _| file.auth_query = Some(sql))
     }
 
-    /// `server` as new (control credentials: the superuser).
-    pub fn new_server(self, server: &PgServer) -> Self {
-        let url = server.url(SUPERUSER, SUPERUSER_PASSWORD, "postgres");
-        self.configure(move |_, flags| flags.new = Some(url))
+    /// `new` as the new server (control credentials: the superuser), `old` being the server
+    /// this builder was made for. The control database, where the cutover decision is kept, is
+    /// a fresh one of this proxy's own on both, so proxies of other tests never see its
+    /// decision; old is fenced only if the config asks for it (other tests write to old).
+    pub fn new_server(self, old: &PgServer, new: &PgServer) -> Self {
+        let control = old.create_database("ctl");
+        new.create_database_named(&control);
+        let (old_url, new_url) = (old.url(SUPERUSER, SUPERUSER_PASSWORD, &control), new.url(SUPERUSER, SUPERUSER_PASSWORD, &control));
+        self.configure(move |file, flags| {
+            flags.old = Some(old_url);
+            flags.new = Some(new_url);
+            let cutover = file.cutover.get_or_insert_with(Default::default);
+            cutover.fence_old = cutover.fence_old.or(Some(false));
+        })
     }
 
     /// Client authentication method: `trust`, `scram-sha-256` or `md5`.
