@@ -107,15 +107,18 @@ pub async fn wait_applied(new: &Client, token: &str, timeout: Duration, abort: &
 
 /// Makes old refuse writes in new transactions (`fence_old`).
 pub async fn fence(old: &Client) -> Result<(), ControlError> {
-    // ALTER SYSTEM refuses to run inside a (multi-statement) transaction: two round trips.
-    old.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await?;
-    old.batch_execute("SELECT pg_catalog.pg_reload_conf()").await?;
-    Ok(())
+    set_and_reload(old, "ALTER SYSTEM SET default_transaction_read_only = on").await
 }
 
 /// Undoes [`fence`] (an aborted cutover).
 pub async fn unfence(old: &Client) -> Result<(), ControlError> {
-    old.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await?;
-    old.batch_execute("SELECT pg_catalog.pg_reload_conf()").await?;
+    set_and_reload(old, "ALTER SYSTEM RESET default_transaction_read_only").await
+}
+
+/// ALTER SYSTEM refuses to run inside a (multi-statement) transaction, so it and the reload
+/// are two queries; sent together (tokio-postgres pipelines them, the server runs them in
+/// order) they cost one round trip inside the hold.
+async fn set_and_reload(client: &Client, alter_system: &str) -> Result<(), ControlError> {
+    tokio::try_join!(client.batch_execute(alter_system), client.batch_execute("SELECT pg_catalog.pg_reload_conf()"))?;
     Ok(())
 }

@@ -160,7 +160,9 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     if recheck_changing {
         crate::verify::recheck::prepare(&links).await.map_err(|e| CutoverError::Preflight(format!("recheck_changing: {e}")))?;
     }
+    let decision_started = std::time::Instant::now();
     let decision_link = epoch::prepare(shared).await.map_err(|e| CutoverError::Preflight(format!("cutover decision: {e}")))?;
+    let mut decision_took = decision_started.elapsed();
     let sessions = shared.registry.all();
     let prewarmed = prewarm::run(shared, &sessions).await.map_err(|e| {
         release_standbys(shared);
@@ -190,11 +192,17 @@ async fn run_phases(shared: &Arc<Shared>, options: &CutoverOptions, timeline: &m
     // The epoch opens last, just before the hold: its deadline covers the hold only.
     let subscriptions: Vec<(String, String)> = links.iter().map(|l| (l.name.clone(), l.subscription.name.clone())).collect();
     let deadline = drain_timeout + drain::grace(drain_timeout) + catchup_timeout + epoch::DEADLINE_MARGIN;
+    let begin_started = std::time::Instant::now();
     let mut epoch = epoch::begin(shared, decision_link, fence_old, &subscriptions, deadline).await.map_err(|e| {
         release_standbys(shared);
         CutoverError::Preflight(format!("could not open the cutover epoch: {e}"))
     })?;
-    timeline.fact("epoch", epoch.number(), format!("pending on both servers; may commit until {} s from now", deadline.as_secs()));
+    decision_took += begin_started.elapsed();
+    timeline.fact(
+        "epoch",
+        epoch.number(),
+        format!("pending on both servers ({} ms to check and record); may commit until {} s from now", timeline::ms(decision_took), deadline.as_secs()),
+    );
 
     timeline.next(
         shared,
