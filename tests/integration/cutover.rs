@@ -574,24 +574,6 @@ fn abort_command_during_the_hold_resumes_sessions_without_errors() {
     proxy.assert_no_panics();
 }
 
-#[test]
-fn fence_old_makes_old_read_only_at_the_switch() {
-    let old = support::start(15);
-    let new = support::new();
-    let (db, _replication) = replicated_db(&old, new, "cut_fence");
-    let proxy = proxy(&old, new, FileConfig::default());
-    let mut session = RawConn::login(proxy.addr, SUPERUSER, "", &db);
-    session.simple_query("UPDATE t SET v = 3");
-    let options = CutoverOptions { fence_old: Some(true), ..Default::default() };
-    let report = run_cutover(&proxy, options).unwrap_or_else(|e| panic!("cutover failed: {e}"));
-    assert!(session.query_values("SHOW server_version")[0].starts_with("18"), "{}", report_text(&report));
-    // A write straight to old now fails: old is fenced.
-    let direct = old.psql_as(SUPERUSER, SUPERUSER_PASSWORD, &db, "INSERT INTO t VALUES (2, 2)");
-    assert!(direct.as_ref().is_err_and(|e| e.contains("read-only")), "{direct:?}");
-    assert_eq!(new.psql(&db, "SELECT v FROM t WHERE id = 1"), "3");
-    proxy.assert_no_panics();
-}
-
 /// The whole operator flow with the real binaries: `pgcutover serve`, pgbench through it,
 /// and `pgcutover admin CUTOVER` from another process.
 #[test]
