@@ -392,7 +392,7 @@ impl Relay {
         if self.parked_since.is_some() {
             return None;
         }
-        if self.state.outstanding > 0 {
+        if self.state.outstanding() > 0 {
             let target = self.backend.cancel.clone();
             tokio::spawn(async move {
                 let _ = backend::send_cancel(&target).await;
@@ -658,10 +658,10 @@ impl Relay {
         // The replies go to the client as it reads them: one that does not read holds up the
         // server (and the proxy's memory) as in the relay; one that is gone gets nothing.
         let mut client_gone = false;
-        while self.state.outstanding > 0 && tokio::time::Instant::now() < deadline {
+        while self.state.outstanding() > 0 && tokio::time::Instant::now() < deadline {
             let _ = tokio::time::timeout_at(deadline, backend::send_cancel(&self.backend.cancel)).await;
             let next_cancel = (tokio::time::Instant::now() + CANCEL_REPEAT).min(deadline);
-            while self.state.outstanding > 0 {
+            while self.state.outstanding() > 0 {
                 let room = if client_gone || self.to_client.has_room() {
                     self.downstream.grant(self.backend.reader.buffered() + self.to_client.len())
                 } else {
@@ -689,7 +689,7 @@ impl Relay {
                 }
             }
         }
-        if self.state.outstanding > 0 {
+        if self.state.outstanding() > 0 {
             tracing::warn!(session = self.handle.id, "the server did not end the running statement within {STATEMENT_END_WAIT:?}; closing anyway");
             return false;
         }
@@ -703,7 +703,7 @@ impl Relay {
     async fn server_lost(&mut self, reason: &str) -> End {
         let role = self.backend.role.as_str();
         // Nothing runs for this session on a server whose connection is gone.
-        self.state.outstanding = 0;
+        self.state.server_gone();
         if self.client_terminated {
             // The close the client asked for, after the answers it was owed.
             self.flush_and_close_client().await;

@@ -7,6 +7,7 @@ mod admin;
 mod admin_limits;
 mod auth_passthrough;
 mod backend_tls;
+mod copy_protocol;
 mod cutover;
 mod cutover_replay;
 mod durable;

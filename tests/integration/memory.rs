@@ -181,13 +181,14 @@ fn large_messages_stream_through_intact() {
     proxy.assert_no_panics();
 }
 
-/// `(client_addr, can_move)` of every session, from SHOW SESSIONS.
-fn can_move(proxy: &TestProxy) -> Vec<(String, String)> {
+/// `(client_addr, can_move, database)` of every session, from SHOW SESSIONS.
+pub(crate) fn can_move(proxy: &TestProxy) -> Vec<(String, String, String)> {
     let shared = proxy.shared.clone();
     let sessions = proxy.block_on(async move { ShowSessions.apply(&shared).await }).unwrap_or_else(|e| panic!("SHOW SESSIONS: {e:?}"));
     let column = |name: &str| sessions.columns.iter().position(|c| *c == name).unwrap();
-    let (addr, verdict) = (column("client_addr"), column("can_move"));
-    sessions.rows.iter().map(|r| (r[addr].clone().unwrap_or_default(), r[verdict].clone().unwrap_or_default())).collect()
+    let (addr, verdict, database) = (column("client_addr"), column("can_move"), column("database"));
+    let value = |r: &Vec<Option<String>>, i: usize| r[i].clone().unwrap_or_default();
+    sessions.rows.iter().map(|r| (value(r, addr), value(r, verdict), value(r, database))).collect()
 }
 
 /// A named Parse of `sql` and a Sync; waits for ReadyForQuery.
@@ -248,7 +249,7 @@ fn a_spent_budget_slows_sessions_down_but_never_stops_them() {
     let verdicts = can_move(&proxy);
     let verdict_of = |c: &RawConn| {
         let addr = c.stream.local_addr().unwrap().to_string();
-        verdicts.iter().find(|(a, _)| *a == addr).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no session for {addr}: {verdicts:?}"))
+        verdicts.iter().find(|(a, _, _)| *a == addr).map(|(_, v, _)| v.clone()).unwrap_or_else(|| panic!("no session for {addr}: {verdicts:?}"))
     };
     assert!(verdict_of(&preparer).contains("\"streamed\" too large for pgcutover to keep"), "{verdicts:?}");
     assert_eq!(verdict_of(&kept), "yes", "{verdicts:?}");
