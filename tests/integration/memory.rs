@@ -130,8 +130,7 @@ fn large_messages_stream_through_intact() {
     let text: &str = row.get(0);
     assert!(text.len() == 20_000_000 && text.as_bytes().chunks(2).all(|c| c == b"ab"));
 
-    // COPY on a session of its own: an extended-protocol COPY leaves the proxy counting a
-    // Sync the server ignored, so that session would not show as idle below.
+    // COPY on a session of its own, closed below.
     let copier = rt.block_on(proxy.connect(APP_USER, APP_PASSWORD, &db)).unwrap();
     let line = format!("1\t{big}\n");
     rt.block_on(async {
@@ -154,12 +153,14 @@ fn large_messages_stream_through_intact() {
         .unwrap()
     });
     assert!(copied == line.as_bytes(), "COPY TO returned {} bytes, not the {} stored", copied.len(), line.len());
+    // The dropped client sends Terminate and closes only once its last answers are in (the
+    // Close of its COPY statement), and only while this runtime runs: keep it running.
     drop(copier);
     rt.block_on(client.simple_query("SELECT 1")).unwrap();
     let deadline = Instant::now() + PATIENCE;
     while proxy.shared.registry.len() > 1 {
         assert!(Instant::now() < deadline, "the COPY session did not end");
-        std::thread::sleep(Duration::from_millis(20));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
     }
 
     // A statement of 2 MiB is prepared and runs, but is too large to keep for replay.
