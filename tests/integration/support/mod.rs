@@ -1167,9 +1167,24 @@ fn write_config(data_dir: &Path, socket_dir: &Path, version: u32) {
     fs::write(&hba_path, hba).unwrap_or_else(|e| panic!("write {}: {e}", hba_path.display()));
 }
 
+/// A port for a process that binds it later (a Postgres server, a spawned proxy, a port kept
+/// closed). Taken from below the kernel's ephemeral range (32768-60999 by default), where
+/// listeners bound to port 0 (the in-process proxies) and outgoing connections never land: a
+/// port picked here cannot be taken by another test between the pick and the bind, nor while a
+/// test restarts a process on it. Each test binary walks its own stretch, starting from its pid.
 fn free_port() -> u16 {
-    let l = TcpListener::bind((HOST, 0)).unwrap_or_else(|e| panic!("cannot bind {HOST}:0: {e}"));
-    l.local_addr().expect("local_addr").port()
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = std::process::id() * 97;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (FIRST + (start + step) % SPAN) as u16;
+        if TcpListener::bind((HOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 // ------------------------------------------------------------------------------------------------
