@@ -2,11 +2,14 @@
 //! Every function takes an open client so the cutover can open its connections during the
 //! preflight and reuse them while sessions are held.
 
+pub mod conninfo;
 pub mod decision;
 pub mod readiness;
 pub mod replication;
+pub mod reverse;
 pub mod sequences;
 pub mod sentinel;
+pub mod slots;
 pub mod verify;
 
 use tokio_postgres::{Client, NoTls};
@@ -66,6 +69,19 @@ async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Erro
 pub async fn databases(client: &Client) -> Result<Vec<String>, ControlError> {
     let rows = client.query("SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1", &[]).await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Runs `statements` in one read-write transaction (one round trip), whatever the server's
+/// `default_transaction_read_only` says: a fenced server refuses writes by default. On an
+/// error the transaction is rolled back, so the connection stays usable.
+pub async fn read_write(client: &Client, statements: &str) -> Result<(), ControlError> {
+    match client.batch_execute(&format!("BEGIN READ WRITE; {statements}; COMMIT")).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e.into())
+        }
+    }
 }
 
 /// Quotes an identifier for SQL text.

@@ -105,8 +105,9 @@ pub async fn subscription_enabled(client: &Client, database: &str, name: &str) -
     Ok(row.map(|r| r.get(0)))
 }
 
-pub async fn set_subscription_enabled(new: &Client, subscription: &str, enabled: bool) -> Result<(), ControlError> {
+/// Enables or disables a subscription of the connection's database. In a read-write
+/// transaction: the subscriber of the way back is old, fenced read-only by default.
+pub async fn set_subscription_enabled(subscriber: &Client, subscription: &str, enabled: bool) -> Result<(), ControlError> {
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    new.batch_execute(&format!("ALTER SUBSCRIPTION {} {verb}", super::quote_ident(subscription))).await?;
-    Ok(())
+    super::read_write(subscriber, &format!("ALTER SUBSCRIPTION {} {verb}", super::quote_ident(subscription))).await
 }

@@ -17,6 +17,7 @@ mod proxy_auth;
 mod proxy_limits;
 mod proxy_protocol;
 mod readiness;
+mod reverse;
 mod rig;
 mod startup_identity;
 mod transparency;

@@ -5,7 +5,7 @@ use tokio_postgres::Client;
 
 use crate::control::ControlError;
 
-/// A replication slot on old.
+/// A replication slot (CHECK reads old's; the way back reads pgcutover's on both servers).
 #[derive(Clone, Debug)]
 pub struct Slot {
     pub name: String,
@@ -20,32 +20,42 @@ pub struct Slot {
     pub wal_status: Option<String>,
     /// `safe_wal_size`: bytes left before `max_slot_wal_keep_size` invalidates it.
     pub safe_wal_size: Option<i64>,
+    /// The database of a logical slot.
+    pub database: Option<String>,
+    /// The process consuming it (a walsender), if one is.
+    pub active_pid: Option<i32>,
+}
+
+const SLOT_SELECT: &str = "SELECT slot_name::text, CASE WHEN slot_type = 'logical' THEN format('logical (%s)', plugin) ELSE slot_type END, active, \
+     (pg_catalog.pg_current_wal_lsn() - restart_lsn)::int8, \
+     greatest(CASE WHEN xmin IS NULL THEN NULL ELSE age(xmin) END, CASE WHEN catalog_xmin IS NULL THEN NULL ELSE age(catalog_xmin) END)::int8, \
+     wal_status, safe_wal_size, database::text, active_pid FROM pg_catalog.pg_replication_slots";
+
+fn slot_from_row(r: &tokio_postgres::Row) -> Slot {
+    Slot {
+        name: r.get(0),
+        kind: r.get(1),
+        active: r.get(2),
+        retained_bytes: r.get(3),
+        xmin_age: r.get(4),
+        wal_status: r.get(5),
+        safe_wal_size: r.get(6),
+        database: r.get(7),
+        active_pid: r.get(8),
+    }
 }
 
 /// Slots of this database and physical slots.
 pub async fn slots(old: &Client) -> Result<Vec<Slot>, ControlError> {
-    let rows = old
-        .query(
-            "SELECT slot_name::text, CASE WHEN slot_type = 'logical' THEN format('logical (%s)', plugin) ELSE slot_type END, active, \
-             (pg_catalog.pg_current_wal_lsn() - restart_lsn)::int8, \
-             greatest(CASE WHEN xmin IS NULL THEN NULL ELSE age(xmin) END, CASE WHEN catalog_xmin IS NULL THEN NULL ELSE age(catalog_xmin) END)::int8, \
-             wal_status, safe_wal_size \
-             FROM pg_catalog.pg_replication_slots WHERE database = current_database() OR database IS NULL ORDER BY 1",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Slot {
-            name: r.get(0),
-            kind: r.get(1),
-            active: r.get(2),
-            retained_bytes: r.get(3),
-            xmin_age: r.get(4),
-            wal_status: r.get(5),
-            safe_wal_size: r.get(6),
-        })
-        .collect())
+    let rows = old.query(&format!("{SLOT_SELECT} WHERE database = current_database() OR database IS NULL ORDER BY 1"), &[]).await?;
+    Ok(rows.iter().map(slot_from_row).collect())
+}
+
+/// Slots of any database whose name starts with `prefix` or is one of `names`.
+pub async fn slots_named(client: &Client, prefix: &str, names: &[String]) -> Result<Vec<Slot>, ControlError> {
+    let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('_', "\\_").replace('%', "\\%"));
+    let rows = client.query(&format!("{SLOT_SELECT} WHERE slot_name LIKE $1 OR slot_name = ANY($2) ORDER BY 1"), &[&pattern, &names]).await?;
+    Ok(rows.iter().map(slot_from_row).collect())
 }
 
 /// Publications in this database.
