@@ -194,9 +194,13 @@ async fn tables_back(old: &Client, new: &Client, forward: &Subscription) -> Resu
 }
 
 /// CREATE SUBSCRIPTION on old, disabled, reading the existing slot on new from its current
-/// position. Statement logging is off for it: its text carries the password.
+/// position. Its text carries the password, so statement logging is turned off for it — in a
+/// query of its own before it: `log_statement` judges a whole query string when it arrives.
+/// The three queries go out together (one round trip); if the CREATE fails, the COMMIT that
+/// follows it ends the failed transaction.
 async fn create_disabled_subscription(old: &Client, names: &Names, conninfo: &Conninfo) -> Result<(), ControlError> {
-    let quiet = "SET LOCAL log_statement = 'none'; SET LOCAL log_min_error_statement = 'panic'; SET LOCAL log_min_duration_statement = -1; \
+    let quiet = "BEGIN READ WRITE; SET LOCAL log_statement = 'none'; SET LOCAL log_min_error_statement = 'panic'; \
+                 SET LOCAL log_min_duration_statement = -1; \
                  SELECT pg_catalog.set_config(name, 'off', true) FROM pg_catalog.pg_settings WHERE name = 'pg_stat_statements.track_utility'";
     let create = format!(
         "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (enabled = false, create_slot = false, slot_name = {}, copy_data = false)",
@@ -205,7 +209,9 @@ async fn create_disabled_subscription(old: &Client, names: &Names, conninfo: &Co
         quote_ident(&names.publication),
         literal(&names.slot)
     );
-    read_write(old, &format!("{quiet}; {create}")).await.map_err(|e| ControlError::Query(conninfo.scrub(&e.to_string())))
+    tokio::try_join!(old.batch_execute(quiet), old.batch_execute(&create), old.batch_execute("COMMIT"))
+        .map_err(|e| ControlError::Query(conninfo.scrub(&ControlError::from(e).to_string())))?;
+    Ok(())
 }
 
 /// A subscription as [`arm`] and [`stop`] see it.

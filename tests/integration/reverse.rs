@@ -120,9 +120,7 @@ async fn slots_of(client: &Client, role: Role, db: &str, forward: &str) -> Vec<s
     all.into_iter().filter(|s| s.slot.database.as_deref() == Some(db)).collect()
 }
 
-/// A replicated database with the test tables, the decision table on both sides (as when the
-/// control database is a replicated one) and the sentinel installed as the cutover's
-/// preflight does: the forward subscription then receives both pgcutover tables.
+/// A database with the test tables on old, replicated to new.
 fn replicated<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str) -> (String, support::Replication<'a>) {
     let db = old.create_database(prefix);
     old.psql(&db, SCHEMA);
@@ -130,12 +128,27 @@ fn replicated<'a>(old: &'a PgServer, new: &'a PgServer, prefix: &str) -> (String
     (db, replication)
 }
 
-async fn install(old: &Client, new: &Client, forward_name: &str) -> Subscription {
-    decision::install(old).await.expect("decision table on old");
-    decision::install(new).await.expect("decision table on new");
-    let forward = replication::find_subscription(new, Some(forward_name)).await.expect("forward subscription");
-    sentinel::install(old, new, &forward.name, &forward.publications).await.expect("sentinel");
-    replication::find_subscription(new, Some(forward_name)).await.expect("forward subscription")
+/// Control connections to both servers in `db`, the forward subscription and how old logs
+/// into new. The decision table is created on both sides (as when the control database is a
+/// replicated one), then the sentinel as the cutover's preflight does: the forward
+/// subscription then receives both pgcutover tables.
+struct Linked {
+    old: Client,
+    new: Client,
+    forward: Subscription,
+    conninfo: Conninfo,
+}
+
+async fn link(old_server: &PgServer, new_server: &PgServer, db: &str, forward: &support::Replication<'_>) -> Linked {
+    let (old, new) = (connect(old_server, "old", db).await, connect(new_server, "new", db).await);
+    decision::install(&old).await.expect("decision table on old");
+    decision::install(&new).await.expect("decision table on new");
+    let name = forward.to_string();
+    let found = replication::find_subscription(&new, Some(&name)).await.expect("forward subscription");
+    sentinel::install(&old, &new, &found.name, &found.publications).await.expect("sentinel");
+    let forward = replication::find_subscription(&new, Some(&name)).await.expect("forward subscription");
+    let conninfo = Conninfo::to_server(&server_config(new_server, "new", db), db, &Password::InConninfo).expect("conninfo");
+    Linked { old, new, forward, conninfo }
 }
 
 /// Removes what a failed test would leave of the way back on the servers (a slot nobody reads
@@ -203,8 +216,7 @@ fn new_writes_reach_a_fenced_old_once_and_nothing_old_sent_comes_back() {
     let _leftovers = Leftovers { old: &old_server, new: new_server, db: db.clone() };
     let rt = runtime();
     rt.block_on(async {
-        let (old, new) = (connect(&old_server, "old", &db).await, connect(new_server, "new", &db).await);
-        let forward = install(&old, &new, &replication.to_string()).await;
+        let Linked { old, new, forward, conninfo } = link(&old_server, new_server, &db, &replication).await;
         let forward_slot = forward.slot.clone().expect("forward slot");
 
         // Old's FOR ALL TABLES publication publishes the decision table, and a refresh of the
@@ -212,11 +224,25 @@ fn new_writes_reach_a_fenced_old_once_and_nothing_old_sent_comes_back() {
         let received = coverage::subscribed_tables(&new, forward.oid).await.expect("subscribed");
         assert!(received.iter().any(|(t, _)| t == "pgcutover.epoch"), "{received:?}");
 
-        let conninfo = Conninfo::to_server(&server_config(new_server, "new", &db), &db, &Password::InConninfo).expect("conninfo");
+        // Old logs every statement, yet no password reaches its log. A wrong password fails
+        // the preflight, where the subscription first logs into new, with nothing armed.
+        old_server.psql("postgres", "ALTER SYSTEM SET log_statement = 'all'; SELECT pg_reload_conf();");
+        let deadline = Instant::now() + PATIENCE;
+        while one(&old, "SELECT current_setting('log_statement')").await != "all" {
+            assert!(Instant::now() < deadline, "log_statement not reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut wrong = server_config(new_server, "new", &db);
+        wrong.password = Some("wrong-pw-4d2e".into());
+        let wrong = Conninfo::to_server(&wrong, &db, &Password::InConninfo).expect("conninfo");
+        let refused = reverse::prepare(&old, &new, &forward, &wrong).await.expect_err("a wrong password");
+        assert!(refused.to_string().contains("password authentication failed") && !refused.to_string().contains("wrong-pw"), "{refused}");
+        assert_eq!(one(&old, "SELECT count(*) FROM pg_subscription").await, "0");
+
         let prepared = reverse::prepare(&old, &new, &forward, &conninfo).await.unwrap_or_else(|e| panic!("prepare: {e}"));
-        eprintln!("prepare (slot created): {:?}", prepared.steps);
+        eprintln!("prepare: {:?}", prepared.steps);
         let names = prepared.names.clone();
-        assert!(prepared.created_slot);
+        assert!(!prepared.created_slot, "the failed attempt made the slot");
         assert_eq!(prepared.tables, ["pgcutover.sentinel", "public.events", "public.items", "public.orders"]);
         let published = column(&new, &format!("SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = {} ORDER BY 1", quote_literal(&names.publication))).await;
         assert_eq!(published, prepared.tables, "the decision table never goes back");
@@ -267,12 +293,17 @@ fn new_writes_reach_a_fenced_old_once_and_nothing_old_sent_comes_back() {
         assert!(!on_new.iter().any(|r| r.starts_with("items 6 ") || r.starts_with("items 12 ")), "{on_new:?}");
         assert_eq!(apply_errors(&old, &names.subscription).await, []);
         let log = old_server.log();
-        // Errors, but for the direct writes the fence refused.
-        let errors: Vec<&str> = log.lines().filter(|l| (l.contains("ERROR:") && !l.contains("read-only transaction")) || l.contains("processing remote data")).collect();
+        // Errors, but for the direct writes the fence refused and the wrong password.
+        let expected = |l: &str| l.contains("read-only transaction") || l.contains("password authentication failed");
+        let errors: Vec<&str> = log.lines().filter(|l| (l.contains("ERROR:") && !expected(l)) || l.contains("processing remote data")).collect();
         assert!(errors.is_empty(), "old's log: {errors:#?}");
         // The apply ran through the fence, which still refuses everyone else.
         let refused = direct_write_refused(&old_server, &db);
         assert!(refused.contains("read-only transaction"), "{refused}");
+
+        let log = old_server.log();
+        assert!(log.contains("execute s4: SELECT current_database()") || log.contains("SELECT current_database()::text"), "old logs statements:\n{log}");
+        assert!(!log.contains(SUPERUSER_PASSWORD) && !log.contains("wrong-pw-4d2e"), "a password in old's log:\n{log}");
 
         // Status: the reverse slot is read by old's walsender; the forward slot keeps WAL on
         // old with nothing to read it.
@@ -313,9 +344,7 @@ fn a_round_trip_never_sends_a_change_back() {
     let _leftovers = Leftovers { old: old_server, new: new_server, db: db.clone() };
     let rt = runtime();
     rt.block_on(async {
-        let (old, new) = (connect(old_server, "old", &db).await, connect(new_server, "new", &db).await);
-        let forward = install(&old, &new, &replication.to_string()).await;
-        let conninfo = Conninfo::to_server(&server_config(new_server, "new", &db), &db, &Password::InConninfo).expect("conninfo");
+        let Linked { old, new, forward, conninfo } = link(old_server, new_server, &db, &replication).await;
         let names = reverse::prepare(&old, &new, &forward, &conninfo).await.unwrap_or_else(|e| panic!("prepare: {e}")).names;
         exec(&old, "INSERT INTO events SELECT 'old-1', g FROM generate_series(1, 4) g").await;
         proof(&old, &new).await;
@@ -388,10 +417,8 @@ fn a_kept_forward_slot_moved_at_the_switchback_sends_nothing_back() {
     let _leftovers = Leftovers { old: old_server, new: new_server, db: db.clone() };
     let rt = runtime();
     rt.block_on(async {
-        let (old, new) = (connect(old_server, "old", &db).await, connect(new_server, "new", &db).await);
-        let forward = install(&old, &new, &replication.to_string()).await;
+        let Linked { old, new, forward, conninfo } = link(old_server, new_server, &db, &replication).await;
         let forward_slot = forward.slot.clone().expect("forward slot");
-        let conninfo = Conninfo::to_server(&server_config(new_server, "new", &db), &db, &Password::InConninfo).expect("conninfo");
         let names = reverse::prepare(&old, &new, &forward, &conninfo).await.unwrap_or_else(|e| panic!("prepare: {e}")).names;
         reverse::stop(&new, &forward.name, PATIENCE).await.expect("stop forward");
         reverse::arm(&new, &old, &reverse_link(&names, &forward)).await.unwrap_or_else(|e| panic!("arm reverse: {e}"));
