@@ -23,12 +23,15 @@
 //! 4. After: [`retire_slot`] drops the forward slot on old (see below).
 //!
 //! Every commit the forward apply made on new ends before the position the slot is moved to
-//! (the apply worker had exited when it was read), and logical decoding skips a transaction
+//! (that position is read after the apply worker exited), and logical decoding skips a transaction
 //! whose commit starts before the slot's start point: so nothing old sent comes back. Every
 //! client write on new commits after the gate opens, after the move: so all of them go to
 //! old, in commit order, each once. A Postgres 15 subscriber cannot ask an 18 publisher for
 //! `origin = none`; the move is what prevents the loop. What a session that bypasses the
 //! proxy wrote on new *before* the commit point is skipped too (CHECK names such sessions).
+//! For the same reason [`arm`] must be done before the first client write reaches new: a
+//! proxy restarted after a commit point whose arm did not finish must arm before it routes
+//! anyone to new, or declare the way back lost.
 //!
 //! # The forward slot after a cutover: dropped
 //! A disabled subscription's slot still keeps WAL, and once old is fenced the only writes on
